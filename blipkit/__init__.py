@@ -1,0 +1,43 @@
+"""blipkit: fast, dependency-light BLIP and BLIP-2 for Python.
+
+Public names are imported lazily, on first use, so that ``import blipkit`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "blipkit.configs": ("BlipConfig", "BlipTextConfig", "BlipVisionConfig", "ConfigError"),
+    "blipkit.modeling.vision": ("BlipVisionModel",),
+    "blipkit.modeling.bert": ("BlipTextModel", "BlipTextLMHeadModel"),
+    "blipkit.modeling.blip": (
+        "BlipModel",
+        "BlipForConditionalGeneration",
+        "BlipForQuestionAnswering",
+        "BlipForImageTextRetrieval",
+    ),
+    "blipkit.processing.image": ("BlipImageProcessor", "BlipImageProcessorFast", "ImageError", "load_image"),
+    "blipkit.processing.text": ("BlipTokenizer",),
+    "blipkit.processing.processors": ("BlipProcessor",),
+    "blipkit.checkpoint": ("CheckpointError",),
+    "blipkit.hub": ("ModelNotFoundError",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'blipkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

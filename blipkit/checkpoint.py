@@ -1,0 +1,154 @@
+"""Checkpoint files: find them, stream their tensors, check their keys, write them in the reference's layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blipkit.hub import ModelNotFoundError, read_json, resolve_file
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_BIN = "pytorch_model.bin"
+TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model: unreadable files, missing, unexpected or mis-shaped keys."""
+
+
+class KeyMap:
+    """Renames checkpoint keys between the reference's module tree and blipkit's.
+
+    Each pair is (reference fragment, blipkit fragment); ``{}`` stands for a layer number. A fragment matches
+    whole dotted segments anywhere in a key, so one table serves a part on its own and inside a larger model.
+    """
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._to_ours = [self._rule(ref, ours) for ref, ours in pairs]
+        self._to_reference = [self._rule(ours, ref) for ref, ours in pairs]
+
+    @staticmethod
+    def _rule(source: str, target: str) -> tuple[re.Pattern[str], str]:
+        pattern = re.escape(source).replace(r"\{\}", r"(\d+)")
+        return re.compile(rf"(?:(?<=\.)|^){pattern}(?=\.|$)"), target.replace("{}", r"\1")
+
+    @staticmethod
+    def _apply(rules: list[tuple[re.Pattern[str], str]], key: str) -> str:
+        for pattern, replacement in rules:
+            new, count = pattern.subn(replacement, key, count=1)
+            if count:
+                return new
+        return key
+
+    def to_ours(self, key: str) -> str:
+        return self._apply(self._to_ours, key)
+
+    def to_reference(self, key: str) -> str:
+        return self._apply(self._to_reference, key)
+
+
+def weight_files(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> list[Path]:
+    """The weight files of a model, preferring safetensors, following a shard index where there is one."""
+    for single, index in ((SAFETENSORS, SAFETENSORS_INDEX), (TORCH_BIN, TORCH_BIN_INDEX)):
+        path = resolve_file(name_or_path, single, required=False, **hub_kwargs)
+        if path is not None:
+            return [path]
+        index_path = resolve_file(name_or_path, index, required=False, **hub_kwargs)
+        if index_path is not None:
+            shards = sorted(set(_read_index(index_path)["weight_map"].values()))
+            return [resolve_file(name_or_path, shard, **hub_kwargs) for shard in shards]
+    raise ModelNotFoundError(
+        f"{name_or_path} has no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {TORCH_BIN} or {TORCH_BIN_INDEX}"
+    )
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    index = read_json(path, CheckpointError)
+    if not isinstance(index.get("weight_map"), dict):
+        raise CheckpointError(f"{path} has no 'weight_map'")
+    return index
+
+
+def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (key, tensor) one at a time, so a caller can convert and place each before reading the next."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                    yield key, f.get_tensor(key)
+        except SafetensorError as e:
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file ({e}); it may be truncated or corrupt"
+            ) from e
+        return
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many kinds for a broken pickle or zip
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
+    yield from state.items()
+
+
+def describe_mismatch(missing: list[str], unexpected: list[str], mis_shaped: list[str]) -> str:
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
+        if keys:
+            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+            parts.append(f"{label} keys: {shown}")
+    return "; ".join(parts)
+
+
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int | None = None
+) -> list[Path]:
+    """Write ``tensors`` as model.safetensors, or as shards with a model.safetensors.index.json."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if max_shard_bytes and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    for stale in (*directory.glob("model*.safetensors"), directory / SAFETENSORS_INDEX):
+        stale.unlink(missing_ok=True)
+    if len(shards) == 1:
+        path = directory / SAFETENSORS
+        save_file(shards[0], str(path), metadata={"format": "pt"})
+        return [path]
+    paths, weight_map = [], {}
+    for i, shard in enumerate(shards, start=1):
+        path = directory / f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, path.name))
+        paths.append(path)
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return paths
+
+
+def parse_size(size: int | str | None) -> int | None:
+    """'5GB' / '500MB' / 1000 -> bytes (decimal units, as the reference reads them)."""
+    if size is None or isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)\s*", size, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"cannot read shard size {size!r}; write it like '5GB' or '500MB'")
+    number, unit = float(match[1]), match[2].upper()
+    base = 1024 if "I" in unit else 1000
+    return int(number * base ** {"K": 1, "M": 2, "G": 3}[unit[0]])

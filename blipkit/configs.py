@@ -1,0 +1,195 @@
+"""Model configurations as dataclasses that read and write the reference's config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from blipkit.hub import read_json, resolve_file
+
+C = TypeVar("C", bound="BaseConfig")
+
+CONFIG_NAME = "config.json"
+
+
+class ConfigError(ValueError):
+    """A config.json that cannot describe a model."""
+
+
+@dataclass
+class BaseConfig:
+    """Shared behaviour: dict round trips that keep unknown keys, config.json I/O, Hub resolution.
+
+    Keys this class does not know (``architectures``, ``dtype``, ``transformers_version``, ...) live in
+    ``extra`` and are written back unchanged, so a round trip through blipkit loses nothing.
+    """
+
+    model_type: ClassVar[str] = ""
+    # Where a composite config.json keeps this config (e.g. "vision_config" inside a BlipConfig).
+    base_config_key: ClassVar[str | None] = None
+    sub_configs: ClassVar[dict[str, type[BaseConfig]]] = {}
+
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._check_types()
+
+    def _check_types(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name == "extra" or f.name in self.sub_configs:
+                continue
+            value = getattr(self, f.name)
+            expected = _FIELD_TYPES.get(f.type if isinstance(f.type, str) else "")
+            if expected is not None and value is not None and not isinstance(value, expected):
+                raise ConfigError(
+                    f"{type(self).__name__}.{f.name} must be {f.type}, got {value!r} ({type(value).__name__})"
+                )
+            if isinstance(value, bool) and expected is not None and bool not in expected:
+                raise ConfigError(f"{type(self).__name__}.{f.name} must be {f.type}, got {value!r}")
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], **overrides: Any) -> C:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__} expects a dict, got {type(data).__name__}")
+        data = {**data, **overrides}
+        found = data.get("model_type")
+        if found and cls.model_type and found != cls.model_type:
+            if cls.base_config_key and isinstance(data.get(cls.base_config_key), dict):
+                # A composite config given to a part's class: take the part, as the reference does.
+                return cls.from_dict(data[cls.base_config_key])
+            raise ConfigError(f"{cls.__name__} needs model_type {cls.model_type!r}, config.json has {found!r}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names and k != "model_type"}
+        for key, sub_cls in cls.sub_configs.items():
+            value = known.get(key)
+            if value is None:
+                known[key] = sub_cls()
+            elif isinstance(value, dict):
+                known[key] = sub_cls.from_dict(value)
+            elif not isinstance(value, sub_cls):
+                raise ConfigError(f"{cls.__name__}.{key} must be a dict or {sub_cls.__name__}, got {value!r}")
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, BaseConfig) else value
+        out.update(self.extra)
+        out["model_type"] = self.model_type
+        return out
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_NAME).write_text(self.to_json_string())
+
+    @classmethod
+    def from_json_file(cls: type[C], path: str | os.PathLike) -> C:
+        return cls.from_dict(read_json(Path(path), ConfigError))
+
+    @classmethod
+    def from_pretrained(cls: type[C], name_or_path: str | os.PathLike, **hub_kwargs: Any) -> C:
+        """Read config.json from a local directory or a Hub repository id."""
+        return cls.from_json_file(resolve_file(name_or_path, CONFIG_NAME, **hub_kwargs))
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "int | None": (int,),
+    "int | list[int] | None": (int, list),
+    "int | list[int] | tuple[int, int]": (int, list, tuple),
+}
+
+
+@dataclass
+class BlipVisionConfig(BaseConfig):
+    """The ViT image encoder of BLIP (defaults: ViT-B/16 at 384 px)."""
+
+    model_type: ClassVar[str] = "blip_vision_model"
+    base_config_key: ClassVar[str | None] = "vision_config"
+
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    projection_dim: int = 512
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    image_size: int | list[int] | tuple[int, int] = 384
+    patch_size: int | list[int] | tuple[int, int] = 16
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    attention_dropout: float = 0.0
+    initializer_range: float = 1e-10
+
+
+@dataclass
+class BlipTextConfig(BaseConfig):
+    """The BERT text encoder/decoder of BLIP, with cross-attention to the image."""
+
+    model_type: ClassVar[str] = "blip_text_model"
+    base_config_key: ClassVar[str | None] = "text_config"
+
+    vocab_size: int = 30524
+    hidden_size: int = 768
+    encoder_hidden_size: int = 768
+    intermediate_size: int = 3072
+    projection_dim: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 512
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    initializer_range: float = 0.02
+    bos_token_id: int | None = 30522
+    eos_token_id: int | list[int] | None = 2
+    pad_token_id: int | None = 0
+    sep_token_id: int | None = 102
+    is_decoder: bool = True
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class BlipConfig(BaseConfig):
+    """A whole BLIP model: vision and text configs plus the joint heads' sizes."""
+
+    model_type: ClassVar[str] = "blip"
+    sub_configs: ClassVar[dict[str, type[BaseConfig]]] = {
+        "text_config": BlipTextConfig,
+        "vision_config": BlipVisionConfig,
+    }
+
+    text_config: BlipTextConfig = field(default_factory=BlipTextConfig)
+    vision_config: BlipVisionConfig = field(default_factory=BlipVisionConfig)
+    projection_dim: int = 512
+    logit_scale_init_value: float = 2.6592
+    image_text_hidden_size: int = 256
+    label_smoothing: float = 0.0
+    tie_word_embeddings: bool = True
+    initializer_factor: float = 1.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        for key, sub_cls in self.sub_configs.items():
+            value = getattr(self, key)
+            if isinstance(value, dict):
+                setattr(self, key, sub_cls.from_dict(value))
+        super().__post_init__()
+        # The text decoder cross-attends to the image tokens, so their widths must agree.
+        self.text_config.encoder_hidden_size = self.vision_config.hidden_size

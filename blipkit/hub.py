@@ -1,0 +1,108 @@
+"""Find a file of a model: in a local directory, or in a Hub repository through huggingface_hub's cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class ModelNotFoundError(OSError):
+    """The model (or one of its required files) cannot be found locally or on the Hub."""
+
+
+def resolve_file(
+    name_or_path: str | os.PathLike,
+    filename: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    required: bool = True,
+) -> Path | None:
+    """Return the local path of ``filename`` in a model directory or Hub repo.
+
+    A Hub download goes through ``huggingface_hub.hf_hub_download``, so HF_HOME, HF_HUB_CACHE,
+    HF_HUB_OFFLINE and HF_TOKEN work as they do everywhere else. With ``required=False`` a file the
+    repository does not have gives None.
+    """
+    local = Path(name_or_path)
+    if local.is_dir():
+        candidate = local / filename
+        if candidate.is_file():
+            return candidate
+        if required:
+            raise ModelNotFoundError(f"{local} has no {filename}")
+        return None
+    if local.exists():
+        raise ModelNotFoundError(f"{local} is a file; expected a model directory or a Hub repository id")
+    repo_id = str(name_or_path)
+    if repo_id.count("/") > 1 or repo_id.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"no model directory at {repo_id}")
+
+    import huggingface_hub
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(
+            huggingface_hub.hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                token=token,
+            )
+        )
+    except EntryNotFoundError:
+        # Also raised offline for a file the cache knows the repo does not have.
+        if required:
+            raise ModelNotFoundError(f"{repo_id} has no {filename}") from None
+        return None
+    except LocalEntryNotFoundError:
+        if not required and _repo_is_cached(repo_id, revision, cache_dir):
+            return None
+        raise ModelNotFoundError(_not_cached_message(repo_id, filename)) from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(
+            f"{repo_id} is neither a local directory nor a Hub repository you can access"
+        ) from None
+    except RevisionNotFoundError:
+        raise ModelNotFoundError(f"{repo_id} has no revision {revision!r}") from None
+
+
+def read_json(path: Path, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """A JSON object from a file, or ``error`` naming the file and what is wrong with it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _repo_is_cached(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None) -> bool:
+    """Whether a snapshot of the repo is in the cache (so a missing optional file really is absent)."""
+    from huggingface_hub import constants
+
+    root = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    ref = root / "refs" / (revision or "main")
+    return ref.is_file() or (root / "snapshots" / (revision or "")).is_dir()
+
+
+def _not_cached_message(repo_id: str, filename: str) -> str:
+    from huggingface_hub import constants
+
+    offline = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else "the Hub could not be reached"
+    return (
+        f"{repo_id}/{filename} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {offline}. "
+        f"Connect to the internet once (or run `hf download {repo_id}`), or pass a local directory."
+    )

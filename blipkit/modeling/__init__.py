@@ -1,0 +1,1 @@
+"""The models: shared layers, the image encoder, BERT, and the BLIP task heads."""

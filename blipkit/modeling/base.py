@@ -1,0 +1,169 @@
+"""The base of every model: build on the meta device, load weights by assignment, save in the reference's layout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from blipkit.checkpoint import (
+    CheckpointError,
+    KeyMap,
+    describe_mismatch,
+    iter_tensors,
+    parse_size,
+    save_safetensors,
+    weight_files,
+)
+from blipkit.configs import BaseConfig
+
+M = TypeVar("M", bound="PreTrainedModel")
+
+
+class PreTrainedModel(nn.Module):
+    """A model that loads and saves checkpoints in the Hugging Face format.
+
+    Subclasses set ``config_class`` and ``key_map`` (reference names <-> our module names). A submodule with
+    ``tied_suffixes`` names weights the reference keeps as aliases of others: ignored on load, never written.
+    """
+
+    config_class: ClassVar[type[BaseConfig]]
+    key_map: ClassVar[KeyMap] = KeyMap([])
+
+    def __init__(self, config: BaseConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def tied_reference_keys(self) -> set[str]:
+        return {
+            self.key_map.to_reference(f"{name}.{suffix}" if name else suffix)
+            for name, module in self.named_modules()
+            for suffix in getattr(module, "tied_suffixes", ())
+        }
+
+    def reference_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict under the reference's key names."""
+        return {self.key_map.to_reference(k): v for k, v in self.state_dict().items()}
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        name_or_path: str | os.PathLike,
+        *,
+        config: BaseConfig | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        strict: bool = True,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        **model_kwargs: Any,
+    ) -> M:
+        """Load a model from a local directory or a Hub id.
+
+        The model is built on the meta device and the checkpoint's tensors are assigned to it one by one, so
+        no random initialisation is paid and peak memory stays near the size of the weights. ``dtype``
+        (default float32; "auto" takes the checkpoint's) applies to floating-point weights. A checkpoint with
+        missing, unexpected or mis-shaped keys raises ``CheckpointError`` unless ``strict=False``, which
+        initialises missing weights as the reference would and ignores the rest.
+        """
+        hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+        if config is None:
+            config = cls.config_class.from_pretrained(name_or_path, **hub)
+        dtype = _resolve_dtype(dtype, config)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        with torch.device("meta"):
+            model = cls(config, **model_kwargs)
+        model._load_tensors(weight_files(name_or_path, **hub), dtype, device, strict)
+        return model.eval()
+
+    def _load_tensors(self, files: list[Path], dtype: torch.dtype, device: torch.device, strict: bool) -> None:
+        expected = dict(self.state_dict(keep_vars=True))
+        tied = self.tied_reference_keys()
+        seen: set[str] = set()
+        unexpected, mis_shaped = [], []
+        for path in files:
+            batch: dict[str, torch.Tensor] = {}
+            for ref_key, tensor in iter_tensors(path):
+                if ref_key in tied:
+                    continue
+                key = self.key_map.to_ours(ref_key)
+                target = expected.get(key)
+                if target is None:
+                    unexpected.append(ref_key)
+                elif target.shape != tensor.shape:
+                    mis_shaped.append(f"{ref_key} (checkpoint {tuple(tensor.shape)}, model {tuple(target.shape)})")
+                else:
+                    batch[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+                    seen.add(key)
+            # Assigning per file keeps one shard's worth of tensors alive at a time.
+            self.load_state_dict(batch, strict=False, assign=True)
+        missing = [self.key_map.to_reference(k) for k in expected if k not in seen]
+        if strict and (missing or unexpected or mis_shaped):
+            raise CheckpointError(
+                f"the checkpoint does not fit {type(self).__name__}: "
+                + describe_mismatch(missing, unexpected, mis_shaped)
+                + ". Pass strict=False to load it anyway (missing weights are then freshly initialised)."
+            )
+        self._materialise_missing(dtype, device)
+
+    def _materialise_missing(self, dtype: torch.dtype, device: torch.device) -> None:
+        """Give weights the checkpoint lacked real storage and the reference's initialisation."""
+        for module in self.modules():
+            if any(p.is_meta for p in module.parameters(recurse=False)):
+                module.to_empty(device=device, recurse=False)
+                module.to(dtype)
+                self._init_weights(module)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            return
+        for name, param in module.named_parameters(recurse=False):
+            if name == "bias":
+                nn.init.zeros_(param)
+            else:
+                nn.init.normal_(param, std=std)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str | None = "5GB") -> None:
+        """Write config.json and safetensors weights (sharded above ``max_shard_size``) the reference can load."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.extra["architectures"] = [type(self).__name__]
+        self.config.extra["dtype"] = str(self.dtype).removeprefix("torch.")
+        self.config.save_pretrained(directory)
+        save_safetensors(self.reference_state_dict(), directory, parse_size(max_shard_size))
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None, config: BaseConfig) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if dtype == "auto":
+        dtype = config.extra.get("dtype") or config.extra.get("torch_dtype") or "float32"
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; expected e.g. 'float32', 'bfloat16' or 'float16'")
+        dtype = resolved
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point type, got {dtype}")
+    return dtype

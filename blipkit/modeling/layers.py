@@ -1,0 +1,149 @@
+"""Building blocks shared by every model: attention (self and cross, on SDPA), MLP, activations, masks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unsupported activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+
+
+class Attention(nn.Module):
+    """Multi-head attention on ``F.scaled_dot_product_attention``.
+
+    One implementation serves as self-attention (``context=None``) and cross-attention (``context`` given)
+    everywhere in blipkit. Keys and values can be projected once with ``project_kv`` and passed back in as
+    ``kv`` - that is how cross-attention over an image is computed once per image during generation.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        kv_dim: int | None = None,
+        *,
+        bias: bool = True,
+        fused_qkv: bool = False,
+        dropout: float = 0.0,
+        scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not a multiple of the number of attention heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.dropout = dropout
+        self.scale = scale  # None: SDPA's 1/sqrt(head_dim)
+        if fused_qkv:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        else:
+            self.q = nn.Linear(dim, dim, bias=bias)
+            self.k = nn.Linear(kv_dim or dim, dim, bias=bias)
+            self.v = nn.Linear(kv_dim or dim, dim, bias=bias)
+        self.o = nn.Linear(dim, dim, bias=bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        # (batch, tokens, dim) -> (batch, heads, tokens, head_dim)
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``context``, split into heads: two (batch, heads, tokens, head_dim)."""
+        return self._heads(self.k(context)), self._heads(self.v(context))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """``mask`` is additive, broadcastable to (batch, heads, queries, keys); see ``additive_mask``."""
+        if hasattr(self, "qkv"):
+            q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
+        else:
+            q = self._heads(self.q(x))
+            k, v = kv if kv is not None else self.project_kv(x if context is None else context)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+            scale=self.scale,
+        )
+        return self.o(out.transpose(1, 2).flatten(2))
+
+
+class MLP(nn.Module):
+    """Two linear layers with an activation between them."""
+
+    def __init__(self, dim: int, hidden: int, act: str, bias: bool = True) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def additive_mask(
+    padding_mask: torch.Tensor | None,
+    num_queries: int,
+    dtype: torch.dtype,
+    *,
+    causal: bool = False,
+    past: int = 0,
+) -> torch.Tensor | None:
+    """An additive attention mask (batch or 1, 1, queries, keys): 0 where attended, the dtype's minimum elsewhere.
+
+    ``padding_mask`` is (batch, keys) with 1 for real tokens. ``past`` counts cached keys that precede the
+    queries (causal masks). The minimum rather than -inf keeps fully masked rows (left padding under a
+    causal mask) finite: they attend uniformly, exactly as the reference computes them.
+    """
+    if padding_mask is None and not causal:
+        return None
+    num_keys = padding_mask.shape[-1] if padding_mask is not None else past + num_queries
+    allowed = torch.ones(1, 1, num_queries, num_keys, dtype=torch.bool, device=_device(padding_mask))
+    if causal:
+        query_pos = torch.arange(past, past + num_queries, device=allowed.device)[:, None]
+        allowed = allowed & (torch.arange(num_keys, device=allowed.device)[None, :] <= query_pos)
+    if padding_mask is not None:
+        allowed = allowed & padding_mask[:, None, None, :].bool()
+    return torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _device(t: torch.Tensor | None) -> torch.device | None:
+    return t.device if t is not None else None
+
+
+def init_normal_(module: nn.Module, std: float) -> None:
+    """The reference's initialisation of freshly created weights (used for keys a checkpoint lacks)."""
+    for sub in module.modules():
+        if isinstance(sub, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(sub.weight, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.Embedding):
+            nn.init.normal_(sub.weight, std=std)
+        elif isinstance(sub, nn.LayerNorm):
+            nn.init.ones_(sub.weight)
+            nn.init.zeros_(sub.bias)

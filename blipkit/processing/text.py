@@ -1,0 +1,212 @@
+"""BLIP's tokenizer: BERT uncased WordPiece plus [DEC] (bos) and [ENC], on the `tokenizers` library."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+
+from blipkit.hub import read_json, resolve_file
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+VOCAB_FILE = "vocab.txt"
+
+SPECIAL_ROLES = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token", "bos_token", "eos_token")
+DEFAULT_SPECIALS = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
+
+
+class BlipTokenizer:
+    """Tokenizes text for BLIP's text models with the reference's padding, truncation and decoding.
+
+    Loads ``tokenizer.json``, or builds the same pipeline from ``vocab.txt`` and ``tokenizer_config.json``
+    when that is all a repository has.
+    """
+
+    padding_side = "right"
+
+    def __init__(self, tokenizer: Tokenizer, config: dict[str, Any]) -> None:
+        self._tokenizer = tokenizer
+        self.config = config
+        self.model_max_length = int(config.get("model_max_length") or 512)
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        for role in SPECIAL_ROLES:
+            token = _token_content(config.get(role, DEFAULT_SPECIALS.get(role)))
+            setattr(self, role, token)
+            setattr(self, f"{role}_id", self._tokenizer.token_to_id(token) if token else None)
+        extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
+        self.additional_special_tokens = [_token_content(t) for t in extra]
+        self.enc_token_id = self._tokenizer.token_to_id("[ENC]")
+        special = [t for t in (*(getattr(self, r) for r in SPECIAL_ROLES), *self.additional_special_tokens) if t]
+        # Every special token must be an "added" special token so decode(skip_special_tokens=True) drops it.
+        self._tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+        self.all_special_ids = sorted({self._tokenizer.token_to_id(t) for t in special} - {None})
+
+    # ----------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **hub_kwargs: Any) -> BlipTokenizer:
+        config_path = resolve_file(name_or_path, TOKENIZER_CONFIG, required=False, **hub_kwargs)
+        config = read_json(config_path) if config_path else {}
+        specials_path = resolve_file(name_or_path, SPECIAL_TOKENS_MAP, required=False, **hub_kwargs)
+        if specials_path:
+            config = {**read_json(specials_path), **config}
+        tokenizer_path = resolve_file(name_or_path, TOKENIZER_FILE, required=False, **hub_kwargs)
+        if tokenizer_path is not None:
+            try:
+                return cls(Tokenizer.from_file(str(tokenizer_path)), config)
+            except Exception as e:  # the tokenizers library raises a bare Exception for bad files
+                raise ValueError(f"{tokenizer_path} is not a valid tokenizer file: {e}") from e
+        vocab_path = resolve_file(name_or_path, VOCAB_FILE, required=False, **hub_kwargs)
+        if vocab_path is None:
+            raise FileNotFoundError(f"{name_or_path} has neither {TOKENIZER_FILE} nor {VOCAB_FILE}")
+        return cls.from_vocab(vocab_path, config)
+
+    @classmethod
+    def from_vocab(cls, vocab_path: str | os.PathLike, config: dict[str, Any] | None = None) -> BlipTokenizer:
+        """Build the BERT WordPiece pipeline from a vocab.txt (the BLIP defaults: [DEC] bos, [ENC] extra)."""
+        config = {"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"], **(config or {})}
+        vocab = {
+            line.rstrip("\n"): i for i, line in enumerate(Path(vocab_path).read_text(encoding="utf-8").splitlines())
+        }
+        unk = _token_content(config.get("unk_token", "[UNK]"))
+        if unk not in vocab:
+            raise ValueError(f"{vocab_path} does not contain the unknown token {unk!r}; is it a WordPiece vocabulary?")
+        tokenizer = Tokenizer(WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
+        tokenizer.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+            strip_accents=config.get("strip_accents"),
+            lowercase=config.get("do_lower_case", True),
+        )
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece(prefix="##")
+        cls_token = _token_content(config.get("cls_token", "[CLS]"))
+        sep_token = _token_content(config.get("sep_token", "[SEP]"))
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{cls_token} $A {sep_token}",
+            pair=f"{cls_token} $A {sep_token} $B:1 {sep_token}:1",
+            special_tokens=[(cls_token, vocab[cls_token]), (sep_token, vocab[sep_token])],
+        )
+        return cls(tokenizer, config)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._tokenizer.save(str(directory / TOKENIZER_FILE))
+        config = {k: v for k, v in self.config.items() if k != "additional_special_tokens"}
+        config.update({role: getattr(self, role) for role in SPECIAL_ROLES if getattr(self, role)})
+        config["extra_special_tokens"] = self.additional_special_tokens
+        config["model_max_length"] = self.model_max_length
+        config.setdefault("tokenizer_class", "BertTokenizer")
+        config.setdefault("do_lower_case", True)
+        (directory / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    # -------------------------------------------------------------------------------------------- encoding
+    def __len__(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=False)
+
+    def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int]:
+        if isinstance(tokens, str):
+            return self._tokenizer.token_to_id(tokens)
+        return [self._tokenizer.token_to_id(t) for t in tokens]
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._tokenizer.encode(text, add_special_tokens=False).tokens
+
+    def __call__(
+        self,
+        text: str | list[str],
+        padding: bool | str = False,
+        truncation: bool | str = False,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        add_special_tokens: bool = True,
+        return_attention_mask: bool = True,
+        **unused: Any,
+    ) -> dict[str, Any]:
+        """Encode one text or a batch: ``input_ids`` and ``attention_mask``, as lists or (``"pt"``) tensors."""
+        texts = check_texts(text)
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+        ids = [e.ids for e in encodings]
+        if truncation and truncation != "do_not_truncate":
+            limit = max_length if max_length is not None else self.model_max_length
+            ids = [_truncate(seq, limit, add_special_tokens and seq[-1:] == [self.sep_token_id]) for seq in ids]
+        if padding in (True, "longest", "max_length"):
+            width = max(len(s) for s in ids)
+            if padding == "max_length":
+                width = max_length if max_length is not None else self.model_max_length
+            masks = [[1] * len(s) + [0] * (width - len(s)) for s in ids]
+            ids = [s + [self.pad_token_id] * (width - len(s)) for s in ids]
+        elif padding not in (False, None, "do_not_pad"):
+            raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+        else:
+            masks = [[1] * len(s) for s in ids]
+        out: dict[str, Any] = {"input_ids": ids}
+        if return_attention_mask:
+            out["attention_mask"] = masks
+        if return_tensors == "pt":
+            if len({len(s) for s in ids}) > 1:
+                raise ValueError("texts of different lengths cannot form one tensor: pass padding=True")
+            out = {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+        elif return_tensors is not None:
+            raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
+        if isinstance(text, str) and return_tensors is None:
+            out = {k: v[0] for k, v in out.items()}
+        return out
+
+    # -------------------------------------------------------------------------------------------- decoding
+    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = False) -> list[str]:
+        if isinstance(sequences, torch.Tensor):
+            sequences = sequences.tolist()
+        return self._tokenizer.decode_batch([list(s) for s in sequences], skip_special_tokens=skip_special_tokens)
+
+
+def check_texts(text: Any) -> list[str]:
+    """Accept one string or a non-empty list of strings; name what is wrong otherwise."""
+    if isinstance(text, str):
+        return [text]
+    if isinstance(text, (list, tuple)):
+        if not text:
+            raise ValueError("text is an empty list: give at least one string")
+        bad = [i for i, t in enumerate(text) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"text must be strings; item {bad[0]} is {type(text[bad[0]]).__name__}")
+        return list(text)
+    raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}")
+
+
+def _truncate(ids: list[int], limit: int, keep_last: bool) -> list[int]:
+    """Cut to ``limit`` tokens, keeping the closing [SEP] as the reference does."""
+    if len(ids) <= limit:
+        return ids
+    if keep_last and limit >= 2:
+        return ids[: limit - 1] + ids[-1:]
+    return ids[:limit]
+
+
+def _token_content(token: Any) -> str | None:
+    if isinstance(token, dict):  # {"content": "[PAD]", ...} as older tokenizer_config.json files write them
+        return token.get("content")
+    return token
