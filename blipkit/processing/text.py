@@ -44,16 +44,18 @@ class BlipTokenizer:
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         for role in SPECIAL_ROLES:
-            token = _token_content(config.get(role, DEFAULT_SPECIALS.get(role)))
-            setattr(self, role, token)
-            setattr(self, f"{role}_id", self._tokenizer.token_to_id(token) if token else None)
+            setattr(self, role, _token_content(config.get(role, DEFAULT_SPECIALS.get(role))))
         extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
         self.additional_special_tokens = [_token_content(t) for t in extra]
-        self.enc_token_id = self._tokenizer.token_to_id("[ENC]")
         special = [t for t in (*(getattr(self, r) for r in SPECIAL_ROLES), *self.additional_special_tokens) if t]
-        # Every special token must be an "added" special token so decode(skip_special_tokens=True) drops it.
+        # Every special token must be an "added" special token so decode(skip_special_tokens=True) drops it; ones
+        # missing from a vocab.txt ([DEC], [ENC]) get the next free ids, as the reference gives them.
         self._tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
-        self.all_special_ids = sorted({self._tokenizer.token_to_id(t) for t in special} - {None})
+        for role in SPECIAL_ROLES:
+            token = getattr(self, role)
+            setattr(self, f"{role}_id", self._tokenizer.token_to_id(token) if token else None)
+        self.enc_token_id = self._tokenizer.token_to_id("[ENC]")
+        self.all_special_ids = sorted({self._tokenizer.token_to_id(t) for t in special})
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
