@@ -61,15 +61,14 @@ def resolve_file(
                 token=token,
             )
         )
-    except EntryNotFoundError:
-        # Also raised offline for a file the cache knows the repo does not have.
-        if required:
-            raise ModelNotFoundError(f"{repo_id} has no {filename}") from None
-        return None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError: caught first) not cached, and offline
         if not required and _repo_is_cached(repo_id, revision, cache_dir):
             return None
         raise ModelNotFoundError(_not_cached_message(repo_id, filename)) from None
+    except EntryNotFoundError:
+        if required:
+            raise ModelNotFoundError(f"{repo_id} has no {filename}") from None
+        return None
     except RepositoryNotFoundError:
         raise ModelNotFoundError(
             f"{repo_id} is neither a local directory nor a Hub repository you can access"

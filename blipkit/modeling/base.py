@@ -109,6 +109,7 @@ class PreTrainedModel(nn.Module):
                 if target is None:
                     unexpected.append(ref_key)
                 elif target.shape != tensor.shape:
+                    seen.add(key)  # reported as mis-shaped, not also as missing
                     mis_shaped.append(f"{ref_key} (checkpoint {tuple(tensor.shape)}, model {tuple(target.shape)})")
                 else:
                     batch[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)

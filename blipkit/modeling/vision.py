@@ -54,6 +54,11 @@ class VisionEmbeddings(nn.Module):
         patches = self.patch_embedding(pixel_values.to(dtype)).flatten(2).transpose(1, 2)  # (batch, patches, dim)
         x = torch.cat([self.class_embedding.expand(batch, 1, -1).to(dtype), patches], dim=1)
         positions = self.positions(height, width, interpolate_pos_encoding)
+        if x.shape[1] > positions.shape[1]:
+            raise ValueError(
+                f"pixel_values of size {(height, width)} give {x.shape[1] - 1} patches but the model has positions "
+                f"for {positions.shape[1] - 1}; resize the image or pass interpolate_pos_encoding=True"
+            )
         return x + positions[:, : x.shape[1]].to(dtype)
 
 
@@ -93,12 +98,6 @@ class BlipVisionModel(PreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         check_pixel_values(pixel_values, self.embeddings.patch_size)
         x = self.embeddings(pixel_values, interpolate_pos_encoding)
-        expected = self.embeddings.position_embedding.shape[1]
-        if not interpolate_pos_encoding and x.shape[1] > expected:
-            raise ValueError(
-                f"pixel_values of size {tuple(pixel_values.shape[-2:])} give {x.shape[1] - 1} patches but the model "
-                f"has positions for {expected - 1}; resize the image or pass interpolate_pos_encoding=True"
-            )
         hidden_states = [x] if output_hidden_states else None
         for layer in self.blocks:
             x = layer(x)

@@ -53,7 +53,7 @@ def load_image(image: Any, timeout: float = 10.0) -> Image.Image:
     if isinstance(image, Image.Image):
         pil = image
     elif isinstance(image, (bytes, bytearray, memoryview)):
-        pil = _open(io.BytesIO(bytes(image)), "image bytes")
+        pil = _open(io.BytesIO(bytes(image)), "<bytes>")
     elif isinstance(image, (str, os.PathLike)):
         source = str(image)
         if source.startswith(("http://", "https://")):
