@@ -32,7 +32,7 @@ def _with_transparency(mode: str) -> Image.Image:
         image.info["transparency"] = 0
         return image
     if mode == "I;16":
-        return Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 3))
+        return Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 3)
     image = base.convert(mode)
     if mode in ("RGBA", "LA"):
         alpha = Image.linear_gradient("L").resize(image.size)
