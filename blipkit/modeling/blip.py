@@ -35,8 +35,10 @@ class BlipPreTrainedModel(PreTrainedModel):
         return vision, image_embeds, ones
 
 
-class _EncTokenMixin:
-    """The original BLIP starts the multimodal encoder's input with [ENC]; the reference keeps [CLS].
+class _MultimodalEncoderMixin:
+    """Text encoded with cross-attention to the image, as ITM and VQA do.
+
+    The original BLIP starts the multimodal encoder's input with [ENC]; the reference keeps [CLS].
 
     ``use_enc_token=True`` (a constructor / from_pretrained argument) swaps the first token for [ENC], which in the
     BLIP vocabulary follows [DEC], the bos token (30522 -> 30523).
@@ -50,6 +52,23 @@ class _EncTokenMixin:
         ids = input_ids.clone()
         ids[:, 0] = self.config.text_config.bos_token_id + 1
         return ids
+
+    def encode_question(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ):
+        """Vision outputs, and the text's tokens after cross-attending to the image (the multimodal encoder)."""
+        vision, image_embeds, image_mask = self._image_tokens(pixel_values, interpolate_pos_encoding)
+        question = self.text_encoder(
+            input_ids=self._encoder_ids(input_ids),
+            attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask,
+        )
+        return vision, question.last_hidden_state
 
 
 class BlipModel(BlipPreTrainedModel):
@@ -161,7 +180,7 @@ class BlipForConditionalGeneration(BlipPreTrainedModel):
         )
 
 
-class BlipForQuestionAnswering(_EncTokenMixin, BlipPreTrainedModel):
+class BlipForQuestionAnswering(_MultimodalEncoderMixin, BlipPreTrainedModel):
     """VQA: the question is encoded with cross-attention to the image, the answer decoded from the question.
 
     ``mask_question_padding=True`` makes the answer decoder ignore the padding of a batch of questions, as the
@@ -188,23 +207,6 @@ class BlipForQuestionAnswering(_EncTokenMixin, BlipPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.text_encoder.get_input_embeddings()
-
-    def encode_question(
-        self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = False,
-    ):
-        """Vision outputs and the question's tokens after cross-attending to the image."""
-        vision, image_embeds, image_mask = self._image_tokens(pixel_values, interpolate_pos_encoding)
-        question = self.text_encoder(
-            input_ids=self._encoder_ids(input_ids),
-            attention_mask=attention_mask,
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=image_mask,
-        )
-        return vision, question.last_hidden_state
 
     def forward(
         self,
@@ -239,7 +241,7 @@ class BlipForQuestionAnswering(_EncTokenMixin, BlipPreTrainedModel):
         )
 
 
-class BlipForImageTextRetrieval(_EncTokenMixin, BlipPreTrainedModel):
+class BlipForImageTextRetrieval(_MultimodalEncoderMixin, BlipPreTrainedModel):
     """Image-text matching (ITM head: logits for no/yes) and contrastive similarity (ITC: cosine)."""
 
     def __init__(self, config: BlipConfig, use_enc_token: bool = False) -> None:
@@ -262,19 +264,14 @@ class BlipForImageTextRetrieval(_EncTokenMixin, BlipPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
     ) -> BlipImageTextMatchingModelOutput:
-        vision, image_embeds, image_mask = self._image_tokens(pixel_values, interpolate_pos_encoding)
         if use_itm_head:
-            question = self.text_encoder(
-                input_ids=self._encoder_ids(input_ids),
-                attention_mask=attention_mask,
-                encoder_hidden_states=image_embeds,
-                encoder_attention_mask=image_mask,
-            ).last_hidden_state
+            vision, question = self.encode_question(input_ids, pixel_values, attention_mask, interpolate_pos_encoding)
             score = self.itm_head(question[:, 0])
         else:
+            vision = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
             # Unimodal text encoding: [CLS] in the original BLIP as well, so no [ENC] swap here.
             question = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            image_feat = F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
+            image_feat = F.normalize(self.vision_proj(vision.last_hidden_state[:, 0]), dim=-1)
             text_feat = F.normalize(self.text_proj(question[:, 0]), dim=-1)
             score = image_feat @ text_feat.t()
         return BlipImageTextMatchingModelOutput(
