@@ -8,6 +8,7 @@ from torch import nn
 
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import BlipTextConfig
+from blipkit.generation.cache import KVCache
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import MLP, Attention, activation, additive_mask
 from blipkit.modeling.outputs import (
@@ -87,12 +88,17 @@ class TextLayer(nn.Module):
         mask: torch.Tensor | None,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        x = self.self_attn_norm(x + self.dropout(self.self_attn(x, mask=mask)))
-        if context is not None:
+        """``cache`` holds this layer's earlier keys/values (generation); ``context_kv`` the context's, precomputed."""
+        kv = cache.update(*self.self_attn.project_kv(x)) if cache is not None else None
+        x = self.self_attn_norm(x + self.dropout(self.self_attn(x, mask=mask, kv=kv)))
+        if context is not None or context_kv is not None:
             if not hasattr(self, "cross_attn"):
                 raise ValueError("this text model has no cross-attention (is_decoder=False in its config)")
-            x = self.cross_attn_norm(x + self.dropout(self.cross_attn(x, context, mask=context_mask)))
+            attended = self.cross_attn(x, context, mask=context_mask, kv=context_kv)
+            x = self.cross_attn_norm(x + self.dropout(attended))
         return self.mlp_norm(x + self.dropout(self.mlp(x)))
 
 
@@ -142,7 +148,7 @@ class BlipTextModel(PreTrainedModel):
         if encoder_hidden_states is not None:
             check_mask(encoder_attention_mask, encoder_hidden_states.shape[:2], "encoder_attention_mask")
             if self.mask_cross_attention:
-                context_mask = additive_mask(encoder_attention_mask, x.shape[1], x.dtype)
+                context_mask = additive_mask(encoder_attention_mask, 1, x.dtype)
         hidden_states = [x] if output_hidden_states else None
         for layer in self.layers:
             x = layer(x, mask, encoder_hidden_states, context_mask)
@@ -230,6 +236,48 @@ class BlipTextLMHeadModel(PreTrainedModel):
         if labels is not None:
             loss = lm_loss(logits, labels, self.config.label_smoothing, reduction)
         return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+class CachedTextDecoder:
+    """Runs a ``BlipTextLMHeadModel`` one step at a time for generation.
+
+    Self-attention keys/values go to preallocated caches; cross-attention keys/values over the context (image or
+    question tokens) are projected once, at construction, and shared by every row that decodes from that context
+    (beams, samples) without being copied.
+    """
+
+    def __init__(
+        self,
+        model: BlipTextLMHeadModel,
+        context: torch.Tensor,
+        context_mask: torch.Tensor | None,
+        rows: int,
+        max_length: int,
+    ) -> None:
+        self.model = model
+        layers = model.bert.layers
+        self.context_kv = [layer.cross_attn.project_kv(context) for layer in layers]
+        self.context_mask = None
+        if model.bert.mask_cross_attention and context_mask is not None:
+            self.context_mask = additive_mask(context_mask, 1, context.dtype)
+        attn = layers[0].self_attn
+        self.caches = [
+            KVCache(rows, attn.num_heads, max_length, attn.head_dim, context.dtype, context.device) for _ in layers
+        ]
+
+    def __call__(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        past = self.caches[0].length
+        x = self.model.bert.embeddings(input_ids, position_ids)
+        mask = additive_mask(attention_mask, input_ids.shape[1], x.dtype, causal=True, past=past)
+        for layer, cache, context_kv in zip(self.model.bert.layers, self.caches, self.context_kv, strict=True):
+            x = layer(x, mask, context_mask=self.context_mask, cache=cache, context_kv=context_kv)
+        return self.model.head(x[:, -1], self.model.bert.embeddings.word_embeddings.weight)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        for cache in self.caches:
+            cache.reorder(rows)
 
 
 def lm_loss(

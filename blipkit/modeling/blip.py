@@ -10,8 +10,10 @@ from torch import nn
 
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import BlipConfig
+from blipkit.generation import search
+from blipkit.generation.config import GenerationConfig
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.bert import TEXT_KEYS, BlipTextLMHeadModel, BlipTextModel
+from blipkit.modeling.bert import TEXT_KEYS, BlipTextLMHeadModel, BlipTextModel, CachedTextDecoder
 from blipkit.modeling.outputs import (
     BlipForConditionalGenerationModelOutput,
     BlipImageTextMatchingModelOutput,
@@ -33,6 +35,38 @@ class BlipPreTrainedModel(PreTrainedModel):
         image_embeds = vision.last_hidden_state
         ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
         return vision, image_embeds, ones
+
+
+class _GenerationMixin:
+    """Decoding text from a context (image tokens for captions, question tokens for VQA) with blipkit's search."""
+
+    can_generate = True
+    generation_config: GenerationConfig
+    text_decoder: BlipTextLMHeadModel
+    config: BlipConfig
+
+    def _generate(
+        self,
+        context: torch.Tensor,
+        context_mask: torch.Tensor | None,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor | None,
+        generator: torch.Generator | None,
+        kwargs: dict,
+    ) -> torch.Tensor:
+        text = self.config.text_config
+        # As the reference: [SEP] ends a caption or answer and [PAD] fills finished rows, whatever the
+        # generation_config says; call arguments override both.
+        config = self.generation_config.updated(eos_token_id=text.sep_token_id, pad_token_id=text.pad_token_id)
+        config = config.updated(**kwargs)
+
+        def make_decoder(rows_per_context: int, max_length: int) -> CachedTextDecoder:
+            rows = context.shape[0] * rows_per_context
+            return CachedTextDecoder(self.text_decoder, context, context_mask, rows, max_length)
+
+        return search.generate(
+            make_decoder, prompt_ids, prompt_mask, config, text.max_position_embeddings, generator=generator
+        )
 
 
 class _MultimodalEncoderMixin:
@@ -142,13 +176,14 @@ class BlipModel(BlipPreTrainedModel):
         )
 
 
-class BlipForConditionalGeneration(BlipPreTrainedModel):
+class BlipForConditionalGeneration(_GenerationMixin, BlipPreTrainedModel):
     """Captioning: the image encoder and a text decoder that cross-attends to all image tokens."""
 
     main_input_name = "pixel_values"
 
     def __init__(self, config: BlipConfig) -> None:
         super().__init__(config)
+        self.generation_config = GenerationConfig()
         self.vision_model = BlipVisionModel(config.vision_config)
         self.text_decoder = BlipTextLMHeadModel(config.text_config, tie_word_embeddings=config.tie_word_embeddings)
 
@@ -179,8 +214,42 @@ class BlipForConditionalGeneration(BlipPreTrainedModel):
             last_hidden_state=vision.last_hidden_state,
         )
 
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        generator: torch.Generator | None = None,
+        **generate_kwargs,
+    ) -> torch.Tensor:
+        """Caption ids, prompt included, as the reference returns them.
 
-class BlipForQuestionAnswering(_MultimodalEncoderMixin, BlipPreTrainedModel):
+        ``input_ids`` is an optional prompt ("a picture of") as the processor encodes it: its first token becomes
+        [DEC] and its last ([SEP]) is dropped. ``generate_kwargs`` are the usual ``max_new_tokens``, ``num_beams``,
+        ``do_sample``, ... (see ``GenerationConfig``); ``generator`` makes sampling reproducible.
+        """
+        _, image_embeds, _ = self._image_tokens(pixel_values, interpolate_pos_encoding)
+        batch = image_embeds.shape[0]
+        bos = self.config.text_config.bos_token_id
+        if input_ids is None:
+            input_ids = torch.tensor([[bos, self.config.text_config.eos_token_id]], device=image_embeds.device)
+            input_ids = input_ids.repeat(batch, 1)
+        else:
+            input_ids = torch.as_tensor(input_ids, device=image_embeds.device).clone()
+            if input_ids.ndim != 2 or input_ids.shape[0] != batch or input_ids.shape[1] < 2:
+                raise ValueError(
+                    f"input_ids must have shape ({batch}, tokens >= 2) - one prompt per image, ending in [SEP] "
+                    f"as the processor writes it - got {tuple(input_ids.shape)}"
+                )
+            input_ids[:, 0] = bos
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, :-1]
+        return self._generate(image_embeds, None, input_ids[:, :-1], attention_mask, generator, generate_kwargs)
+
+
+class BlipForQuestionAnswering(_GenerationMixin, _MultimodalEncoderMixin, BlipPreTrainedModel):
     """VQA: the question is encoded with cross-attention to the image, the answer decoded from the question.
 
     ``mask_question_padding=True`` makes the answer decoder ignore the padding of a batch of questions, as the
@@ -197,6 +266,7 @@ class BlipForQuestionAnswering(_MultimodalEncoderMixin, BlipPreTrainedModel):
                 f"{config.vision_config.hidden_size} and {config.text_config.hidden_size}"
             )
         self.use_enc_token = use_enc_token
+        self.generation_config = GenerationConfig()
         self.vision_model = BlipVisionModel(config.vision_config)
         self.text_encoder = BlipTextModel(config.text_config, add_pooling_layer=False)
         self.text_decoder = BlipTextLMHeadModel(
@@ -239,6 +309,25 @@ class BlipForQuestionAnswering(_MultimodalEncoderMixin, BlipPreTrainedModel):
             image_embeds=vision.last_hidden_state,
             last_hidden_state=vision.last_hidden_state,
         )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        generator: torch.Generator | None = None,
+        **generate_kwargs,
+    ) -> torch.Tensor:
+        """Answer ids, starting with [DEC], as the reference returns them. ``input_ids`` are the questions."""
+        if isinstance(input_ids, list):
+            input_ids = torch.tensor(input_ids)
+        _, question = self.encode_question(input_ids, pixel_values, attention_mask, interpolate_pos_encoding)
+        # The reference decodes against every question token, padding included (see mask_question_padding).
+        question_mask = attention_mask if self.text_decoder.bert.mask_cross_attention else None
+        start = torch.full((question.shape[0], 1), self.config.text_config.bos_token_id, device=question.device)
+        return self._generate(question, question_mask, start, None, generator, generate_kwargs)
 
 
 class BlipForImageTextRetrieval(_MultimodalEncoderMixin, BlipPreTrainedModel):

@@ -74,12 +74,20 @@ class Attention(nn.Module):
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        """``mask`` is additive, broadcastable to (batch, heads, queries, keys); see ``additive_mask``."""
+        """``mask`` is additive, broadcastable to (batch, heads, queries, keys); see ``additive_mask``. With fewer
+        ``kv`` rows than query rows, consecutive groups of query rows share one kv row (the mask must then have
+        a query dimension of 1)."""
         if hasattr(self, "qkv"):
             q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
         else:
             q = self._heads(self.q(x))
             k, v = kv if kv is not None else self.project_kv(x if context is None else context)
+        groups = q.shape[0] // k.shape[0]
+        if groups > 1:
+            # Several query rows per key/value row (beams or samples of one image, rows context-major): fold them
+            # into the query length, so every group reads one shared copy of the context's keys and values.
+            rows, heads, tokens, dim = q.shape
+            q = q.view(k.shape[0], groups, heads, tokens, dim).transpose(1, 2).reshape(k.shape[0], heads, -1, dim)
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -89,6 +97,8 @@ class Attention(nn.Module):
             is_causal=is_causal,
             scale=self.scale,
         )
+        if groups > 1:
+            out = out.view(k.shape[0], heads, groups, tokens, dim).transpose(1, 2).reshape(rows, heads, tokens, dim)
         return self.o(out.transpose(1, 2).flatten(2))
 
 

@@ -1,0 +1,192 @@
+"""Generated ids identical to the reference's: greedy, beam search, sampling under a seed, prompts, penalties."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+import blipkit
+from tests.conftest import IMAGES
+from tests.parity.test_checkpoints import SAME_WIDTH
+from tests.reference import reference_processor, save_reference
+
+# A head bias towards [SEP] makes some rows finish early and others run to max length, so the padding of
+# finished rows and the bookkeeping of finished beams are exercised.
+SEP_BOOST = 2.0
+PROMPTS = ["a picture of", "a photograph of a very small", "there is", "an"]
+
+
+def boosted_reference(class_name: str, directory, **overrides):
+    reference = save_reference(class_name, directory, **overrides)
+    with torch.no_grad():
+        reference.text_decoder.cls.predictions.bias[102] += SEP_BOOST
+    reference.save_pretrained(directory)
+    return reference, getattr(blipkit, class_name).from_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def captioner(tmp_path_factory):
+    return boosted_reference("BlipForConditionalGeneration", tmp_path_factory.mktemp("captioner"))
+
+
+@pytest.fixture(scope="module")
+def answerer(tmp_path_factory):
+    return boosted_reference("BlipForQuestionAnswering", tmp_path_factory.mktemp("vqa"), **SAME_WIDTH)
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    images = [Image.open(p) for p in IMAGES]
+    images[1] = images[1].convert("L")
+    return reference_processor()(images=images, return_tensors="pt")["pixel_values"]
+
+
+def assert_same_ids(reference, ours, **kwargs):
+    expected = reference.generate(**kwargs)
+    actual = ours.generate(**kwargs)
+    assert actual.dtype == torch.long
+    assert actual.tolist() == expected.tolist()
+    return actual
+
+
+SETTINGS = [
+    {},
+    {"max_new_tokens": 12},
+    {"max_length": 9},
+    {"num_beams": 2},
+    {"num_beams": 3, "num_return_sequences": 3},
+    {"num_beams": 4, "num_return_sequences": 2, "length_penalty": 0.6},
+    {"num_beams": 5, "length_penalty": 2.0, "early_stopping": True},
+    {"num_beams": 3, "early_stopping": "never", "max_new_tokens": 8},
+    {"repetition_penalty": 1.5},
+    {"no_repeat_ngram_size": 2, "max_new_tokens": 15},
+    {"num_beams": 3, "no_repeat_ngram_size": 2, "repetition_penalty": 1.2},
+    {"min_new_tokens": 6, "max_new_tokens": 10},
+    {"min_length": 5, "num_beams": 2},
+]
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("settings", SETTINGS, ids=str)
+def test_caption_ids_match(captioner, pixels, batch, settings):
+    reference, ours = captioner
+    assert_same_ids(reference, ours, pixel_values=pixels[:batch], **settings)
+
+
+def test_settings_reach_both_early_and_late_finishes(captioner, pixels):
+    """Guards the fixture: without mixed lengths the tests above would not exercise padding of finished rows."""
+    _, ours = captioner
+    ids = ours.generate(pixels, max_new_tokens=12)
+    finished_early = [(row[1:-1] == 102).any().item() for row in ids]
+    assert any(finished_early) and not all(finished_early)
+    assert (ids == 0).any()  # finished greedy rows are filled with [PAD]
+    beams = ours.generate(pixels, num_beams=3, max_new_tokens=12)
+    assert (beams[:, -1] == 102).any() and not (beams == 0).any()  # the reference fills beam rows with [SEP]
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+@pytest.mark.parametrize("settings", [{}, {"num_beams": 3}, {"num_beams": 2, "num_return_sequences": 2}], ids=str)
+def test_prompted_captions_with_padding_match(captioner, pixels, batch, settings):
+    reference, ours = captioner
+    prompts = reference_processor()(text=PROMPTS[:batch], padding=True, return_tensors="pt")
+    assert (prompts["attention_mask"] == 0).any()
+    assert_same_ids(
+        reference,
+        ours,
+        pixel_values=pixels[:batch],
+        input_ids=prompts["input_ids"],
+        attention_mask=prompts["attention_mask"],
+        max_new_tokens=8,
+        **settings,
+    )
+
+
+def test_left_padded_prompts_match(captioner, pixels):
+    reference, ours = captioner
+    tokenizer = reference_processor().tokenizer
+    tokenizer.padding_side = "left"
+    try:
+        prompts = tokenizer(PROMPTS[:3], padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = "right"
+    for settings in ({}, {"num_beams": 3, "repetition_penalty": 1.3}):
+        assert_same_ids(
+            reference,
+            ours,
+            pixel_values=pixels[:3],
+            input_ids=prompts["input_ids"],
+            attention_mask=prompts["attention_mask"],
+            max_new_tokens=6,
+            **settings,
+        )
+
+
+@pytest.mark.parametrize("settings", [{}, {"num_beams": 3}, {"num_beams": 4, "num_return_sequences": 2}], ids=str)
+def test_vqa_answer_ids_match(answerer, pixels, settings):
+    reference, ours = answerer
+    questions = reference_processor()(text=["how many cats?", "is it blue", "what", "who is this person?"],
+                                      padding=True, return_tensors="pt")  # fmt: skip
+    assert_same_ids(
+        reference,
+        ours,
+        input_ids=questions["input_ids"],
+        attention_mask=questions["attention_mask"],
+        pixel_values=pixels,
+        max_new_tokens=8,
+        **settings,
+    )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"do_sample": True},
+        {"do_sample": True, "temperature": 0.7, "top_k": 20},
+        {"do_sample": True, "top_p": 0.9, "top_k": 0},
+        {"do_sample": True, "num_return_sequences": 3},
+        {"do_sample": True, "num_beams": 3},
+    ],
+    ids=str,
+)
+def test_sampling_matches_the_reference_under_the_same_seed(captioner, pixels, settings):
+    reference, ours = captioner
+    torch.manual_seed(1234)
+    expected = reference.generate(pixel_values=pixels, max_new_tokens=10, **settings)
+    torch.manual_seed(1234)
+    actual = ours.generate(pixels, max_new_tokens=10, **settings)
+    assert actual.tolist() == expected.tolist()
+
+
+def test_sampling_with_a_generator_is_reproducible(captioner, pixels):
+    _, ours = captioner
+    runs = [
+        ours.generate(pixels, do_sample=True, max_new_tokens=10, generator=torch.Generator().manual_seed(7))
+        for _ in range(2)
+    ]
+    assert torch.equal(runs[0], runs[1])
+    other = ours.generate(pixels, do_sample=True, max_new_tokens=10, generator=torch.Generator().manual_seed(8))
+    assert not torch.equal(runs[0], other)
+
+
+def test_image_tokens_are_encoded_once_and_not_copied_per_beam(captioner, pixels, monkeypatch):
+    """Cross-attention keys/values: one projection per image per layer for the whole search, never per beam."""
+    _, ours = captioner
+    layer = ours.text_decoder.bert.layers[0].cross_attn
+    calls = []
+    original = layer.project_kv
+    monkeypatch.setattr(layer, "project_kv", lambda context: calls.append(context.shape) or original(context))
+    ours.generate(pixels, num_beams=4, max_new_tokens=6)
+    assert calls == [torch.Size([4, 17, 48])]
+
+
+def test_bad_generation_arguments(captioner, pixels):
+    _, ours = captioner
+    with pytest.raises(TypeError, match="generate\\(\\) got unknown arguments: num_beam"):
+        ours.generate(pixels, num_beam=3)
+    with pytest.raises(ValueError, match="num_return_sequences \\(4\\) cannot exceed num_beams \\(2\\)"):
+        ours.generate(pixels, num_beams=2, num_return_sequences=4)
+    with pytest.raises(ValueError, match="generation would reach 45 tokens but the model has 40 positions"):
+        ours.generate(pixels, max_new_tokens=44)
+    with pytest.raises(ValueError, match="one prompt per image"):
+        ours.generate(pixels, input_ids=torch.tensor([[101, 1037, 102]]))
