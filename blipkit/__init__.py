@@ -23,6 +23,8 @@ _EXPORTS = {
     "blipkit.processing.image": ("BlipImageProcessor", "BlipImageProcessorFast", "ImageError", "load_image"),
     "blipkit.processing.text": ("BlipTokenizer",),
     "blipkit.processing.processors": ("BlipProcessor",),
+    "blipkit.pipelines": ("pipeline",),
+    "blipkit.generation.config": ("GenerationConfig",),
     "blipkit.checkpoint": ("CheckpointError",),
     "blipkit.hub": ("ModelNotFoundError",),
 }

@@ -1,0 +1,181 @@
+"""The ``blipkit`` command: caption, ask, match and info.
+
+Exit codes: 0 done, 2 usage error (argparse), 1 failure - reported in one line, without a traceback.
+Heavy imports wait until the arguments are parsed, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from blipkit.defaults import DEFAULT_MODELS
+
+PROGRESS_THRESHOLD = 4  # show a progress bar from this many images on
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blipkit", description="BLIP captions, answers and image-text scores.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    caption = commands.add_parser("caption", help="caption images", description="Caption one or more images.")
+    caption.add_argument("images", nargs="+", metavar="IMAGE", help="image paths or URLs")
+    caption.add_argument("--prompt", help='text the caption continues, e.g. "a picture of"')
+    _generation_options(caption)
+    _model_options(caption, "image-to-text")
+
+    ask = commands.add_parser("ask", help="answer a question about an image", description="Visual question answering.")
+    ask.add_argument("image", metavar="IMAGE")
+    ask.add_argument("question", metavar="QUESTION")
+    _generation_options(ask)
+    _model_options(ask, "visual-question-answering")
+
+    match = commands.add_parser(
+        "match",
+        help="score how well texts match an image",
+        description="Image-text matching: ITM probability (match) and ITC cosine similarity for each text.",
+    )
+    match.add_argument("image", metavar="IMAGE")
+    match.add_argument("texts", nargs="+", metavar="TEXT")
+    _model_options(match, "image-text-matching")
+
+    info = commands.add_parser("info", help="describe a model", description="Config summary, parameters, files.")
+    info.add_argument("model", metavar="MODEL", help="Hub id or local directory")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _generation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--beams", type=_positive, default=None, help="beam search with N beams (default: greedy)")
+    parser.add_argument("--max-new-tokens", type=_positive, default=None, help="longest output in tokens")
+
+
+def _model_options(parser: argparse.ArgumentParser, task: str) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODELS[task], help="Hub id or directory (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights' dtype")
+    parser.add_argument("--batch-size", type=_positive, default=8, help="images per batch (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("blipkit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # every failure ends in one line that names it, never a traceback
+        if os.environ.get("BLIPKIT_DEBUG"):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"blipkit: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if args.beams:
+        kwargs["num_beams"] = args.beams
+    if args.max_new_tokens:
+        kwargs["max_new_tokens"] = args.max_new_tokens
+    return kwargs
+
+
+def _load(task: str, args: argparse.Namespace):
+    from blipkit.pipelines import pipeline
+
+    return pipeline(task, model=args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    pipe = _load("image-to-text", args)
+    images = args.images
+    with _progress(len(images), "captioning") as bar:
+        for start in range(0, len(images), pipe.batch_size):
+            chunk = images[start : start + pipe.batch_size]
+            for image, result in zip(chunk, pipe(chunk, prompt=args.prompt, **_generate_kwargs(args)), strict=True):
+                caption = result[0]["generated_text"]
+                _emit(args, {"image": image, "caption": caption}, f"{image}\t{caption}" if len(images) > 1 else caption)
+            bar.update(len(chunk))
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    pipe = _load("visual-question-answering", args)
+    answer = pipe(image=args.image, question=args.question, **_generate_kwargs(args))[0]["answer"]
+    _emit(args, {"image": args.image, "question": args.question, "answer": answer}, answer)
+    return 0
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    pipe = _load("image-text-matching", args)
+    for row in pipe(args.image, args.texts):
+        line = f"{row['score']:.4f}\t{row['similarity']:.4f}\t{row['text']}"
+        _emit(args, {"image": args.image, "text": row["text"], "itm": row["score"], "itc": row["similarity"]}, line)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from blipkit.info import describe
+
+    summary = describe(args.model)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"model:        {summary['model']}")
+    print(f"type:         {summary['model_type']} ({', '.join(summary['architectures']) or 'no architectures listed'})")
+    for part, sizes in summary["parts"].items():
+        print(f"{part + ':':<13} " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    print(f"parameters:   {summary['parameters']:,}")
+    print(f"dtype:        {', '.join(summary['dtypes'])}")
+    print("files:")
+    for name, size in summary["files"].items():
+        print(f"  {name:<40} {_human(size)}")
+    return 0
+
+
+COMMANDS = {"caption": cmd_caption, "ask": cmd_ask, "match": cmd_match, "info": cmd_info}
+
+
+def _emit(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:
+    print(json.dumps(record, ensure_ascii=False) if args.json else text, flush=True)
+
+
+def _progress(total: int, label: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit="img", disable=total < PROGRESS_THRESHOLD, file=sys.stderr)
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} B"
+
+
+def _version() -> str:
+    from blipkit import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
