@@ -1,15 +1,15 @@
-"""Generation settings: the reference's names and defaults, read from generation_config.json and call kwargs."""
+"""Generation settings: the reference's names and defaults.
+
+BLIP's reference generates through its inner text decoder, whose settings never come from a checkpoint's
+generation_config.json; blipkit matches that, so a BLIP model's generation settings are its call arguments over
+``model.generation_config`` (the reference's defaults unless changed in Python).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Any
-
-from blipkit.hub import read_json, resolve_file
-
-GENERATION_CONFIG = "generation_config.json"
 
 
 @dataclass
@@ -39,11 +39,6 @@ class GenerationConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         # generation_config.json files carry many other keys (transformers_version, ...): they do not apply here.
         return cls(**{k: v for k, v in data.items() if k in names and v is not None})
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **hub_kwargs: Any) -> GenerationConfig | None:
-        path = resolve_file(name_or_path, GENERATION_CONFIG, required=False, **hub_kwargs)
-        return cls.from_dict(read_json(path)) if path is not None else None
 
     def updated(self, **kwargs: Any) -> GenerationConfig:
         """A copy with ``kwargs`` applied; an unknown keyword is an error that names it."""

@@ -92,10 +92,6 @@ class PreTrainedModel(nn.Module):
         with torch.device("meta"):
             model = cls(config, **model_kwargs)
         model._load_tensors(weight_files(name_or_path, **hub), dtype, device, strict)
-        if getattr(model, "can_generate", False):
-            from blipkit.generation.config import GenerationConfig
-
-            model.generation_config = GenerationConfig.from_pretrained(name_or_path, **hub) or GenerationConfig()
         return model.eval()
 
     def _load_tensors(self, files: list[Path], dtype: torch.dtype, device: torch.device, strict: bool) -> None:

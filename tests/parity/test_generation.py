@@ -190,3 +190,28 @@ def test_bad_generation_arguments(captioner, pixels):
         ours.generate(pixels, max_new_tokens=44)
     with pytest.raises(ValueError, match="one prompt per image"):
         ours.generate(pixels, input_ids=torch.tensor([[101, 1037, 102]]))
+
+
+def test_generation_config_json_is_ignored_as_the_reference_ignores_it(captioner, tmp_path, pixels):
+    import json
+
+    import transformers
+
+    _, ours = captioner
+    ours.save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"num_beams": 3, "max_new_tokens": 5}))
+    reloaded = blipkit.BlipForConditionalGeneration.from_pretrained(tmp_path)
+    reference = transformers.BlipForConditionalGeneration.from_pretrained(tmp_path).eval()
+    expected = reference.generate(pixel_values=pixels)
+    assert reloaded.generate(pixels).tolist() == expected.tolist()
+    assert expected.shape[1] == 21  # greedy, 20 new tokens: the file's settings were not used
+
+
+def test_in_memory_generation_config_sets_defaults(captioner, pixels):
+    _, ours = captioner
+    default = ours.generation_config
+    try:
+        ours.generation_config = default.updated(num_beams=3, max_new_tokens=5)
+        assert ours.generate(pixels).tolist() == ours.generate(pixels, num_beams=3, max_new_tokens=5).tolist()
+    finally:
+        ours.generation_config = default

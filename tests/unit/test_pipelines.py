@@ -81,3 +81,23 @@ def test_pipeline_errors(model_dirs):
         pipe(image=IMAGES[:2], question=["a", "b", "c"])
     with pytest.raises(ValueError, match="needs both image= and question="):
         pipe(image=IMAGES[0])
+
+
+def test_images_by_url_from_a_local_server(model_dirs):
+    """URLs are fetched (here from a server on loopback: nothing leaves the machine)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(IMAGES[0].parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{IMAGES[0].name}"
+        pipe = blipkit.pipeline("image-to-text", model=model_dirs["caption"])
+        assert pipe(url, max_new_tokens=6) == pipe(str(IMAGES[0]), max_new_tokens=6)
+        with pytest.raises(blipkit.ImageError, match="cannot download image .*missing.jpg"):
+            pipe(url.replace(IMAGES[0].name, "missing.jpg"))
+    finally:
+        server.shutdown()
