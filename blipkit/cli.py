@@ -23,26 +23,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    caption = commands.add_parser("caption", help="caption images", description="Caption one or more images.")
-    caption.add_argument("images", nargs="+", metavar="IMAGE", help="image paths or URLs")
+    caption = commands.add_parser(
+        "caption",
+        help="caption images",
+        description="Caption images. With --out, a resumable batch job over folders, globs, lists, tables or shards.",
+    )
+    caption.add_argument("images", nargs="+", metavar="IMAGE", help="images; with --out also folders, globs, ...")
     caption.add_argument("--prompt", help='text the caption continues, e.g. "a picture of"')
     _generation_options(caption)
     _model_options(caption, "image-to-text")
+    _job_options(caption)
 
     ask = commands.add_parser("ask", help="answer a question about an image", description="Visual question answering.")
-    ask.add_argument("image", metavar="IMAGE")
+    ask.add_argument("image", metavar="IMAGE", help="an image; with --out also a folder, glob, list, table or shard")
     ask.add_argument("question", metavar="QUESTION")
     _generation_options(ask)
     _model_options(ask, "visual-question-answering")
+    _job_options(ask)
 
     match = commands.add_parser(
         "match",
         help="score how well texts match an image",
-        description="Image-text matching: ITM probability (match) and ITC cosine similarity for each text.",
+        description="Image-text matching: ITM probability (match) and ITC cosine similarity for each text. With "
+        "--out, scores every image of INPUT against its own caption (a caption/text column, a .txt in a "
+        "webdataset shard) or against --text.",
     )
-    match.add_argument("image", metavar="IMAGE")
-    match.add_argument("texts", nargs="+", metavar="TEXT")
+    match.add_argument("image", metavar="IMAGE", help="an image; with --out also a folder, glob, list, table or shard")
+    match.add_argument("texts", nargs="*", metavar="TEXT")
+    match.add_argument("--text", dest="job_text", help="with --out: the text every image is matched against")
     _model_options(match, "image-text-matching")
+    _job_options(match)
+
+    embed = commands.add_parser(
+        "embed", help="image embeddings for a collection", description="ITC image embeddings, normalized (a job)."
+    )
+    embed.add_argument("images", nargs="+", metavar="INPUT", help="images, folders, globs, lists, tables or shards")
+    _model_options(embed, "image-text-matching")
+    _job_options(embed, required=True)
 
     info = commands.add_parser("info", help="describe a model", description="Config summary, parameters, files.")
     info.add_argument("model", metavar="MODEL", help="Hub id or local directory")
@@ -63,6 +80,16 @@ def _model_options(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
 
 
+def _job_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    group = parser.add_argument_group("batch job")
+    group.add_argument("--out", required=required, help="output file: .jsonl, .csv, .parquet or .npy; rerun to resume")
+    group.add_argument("--workers", type=_positive, default=2, help="decoding threads (default: %(default)s)")
+    group.add_argument("--engine", choices=["local", "ray"], default="local", help="where the model runs")
+    group.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
+    group.add_argument("--ray-actors", type=_positive, default=1, help="model replicas on Ray (default: 1)")
+    group.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per Ray actor (default: 0)")
+
+
 def _positive(value: str) -> int:
     try:
         number = int(value)
@@ -74,11 +101,19 @@ def _positive(value: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "match" and not args.out and not args.texts:
+        parser.error("match needs at least one TEXT (or --out for a batch job)")
+    if args.command == "match" and args.out and len(args.texts) > 1:
+        parser.error("with --out, give one TEXT (or --text) to match every image against")
     try:
+        if getattr(args, "out", None):
+            return run_job(args)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("blipkit: interrupted", file=sys.stderr)
+        resume = " (rerun the same command to resume)" if getattr(args, "out", None) else ""
+        print(f"blipkit: interrupted{resume}", file=sys.stderr)
         return 130
     except Exception as error:  # every failure ends in one line that names it, never a traceback
         if os.environ.get("BLIPKIT_DEBUG"):
@@ -128,6 +163,36 @@ def cmd_match(args: argparse.Namespace) -> int:
     for row in pipe(args.image, args.texts):
         line = f"{row['score']:.4f}\t{row['similarity']:.4f}\t{row['text']}"
         _emit(args, {"image": args.image, "text": row["text"], "itm": row["score"], "itc": row["similarity"]}, line)
+    return 0
+
+
+def run_job(args: argparse.Namespace) -> int:
+    """caption / ask / match / embed over a collection, into --out (blipkit.jobs)."""
+    from blipkit import jobs
+
+    inputs = args.images if hasattr(args, "images") else [args.image]
+    options: dict[str, Any] = {}
+    if args.command == "caption":
+        options = {"prompt": args.prompt, **_generate_kwargs(args)}
+    elif args.command == "ask":
+        options = {"question": args.question, **_generate_kwargs(args)}
+    elif args.command == "match":
+        options = {"text": args.job_text or (args.texts[0] if args.texts else None)}
+    jobs.run(
+        args.command,
+        inputs,
+        args.out,
+        model=args.model,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        workers=args.workers,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        ray_actors=args.ray_actors,
+        ray_gpus_per_actor=args.ray_gpus,
+        **options,
+    )
     return 0
 
 

@@ -1,0 +1,129 @@
+"""Run a job: list the images, skip what the output already has, decode ahead in threads, write batch by batch."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from blipkit.jobs.sinks import open_sink
+from blipkit.jobs.sources import Item, iter_items
+from blipkit.jobs.workers import Worker, WorkerSpec
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    done: int  # rows written by this run with status "ok"
+    failed: int  # rows written by this run with status "failed"
+    skipped: int  # images the output already had
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"done {self.done}, failed {self.failed}, skipped {self.skipped}, time {self.seconds:.1f}s"
+
+
+def run(
+    task: str,
+    inputs: str | os.PathLike | list[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    model: str | None = None,
+    batch_size: int = 8,
+    dtype: str | None = None,
+    device: str | None = None,
+    question: str | None = None,
+    text: str | None = None,
+    prompt: str | None = None,
+    workers: int = 2,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int = 1,
+    ray_gpus_per_actor: float = 0.0,
+    progress: bool = True,
+    **generate_kwargs: Any,
+) -> JobSummary:
+    """Run ``task`` ("caption", "ask", "match", "embed") over ``inputs``, appending to ``out``; see the README."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    spec = WorkerSpec(task, model, dtype, device, question, text, prompt, generate_kwargs)
+    if task == "embed" and str(out).lower().endswith(".csv"):
+        raise ValueError("embeddings go to .npy, .parquet or .jsonl, not .csv")
+    started = time.perf_counter()
+    items = list(iter_items([str(i) for i in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]))
+    sink = open_sink(out, spec.fields)
+    complete = False
+    counts = {"ok": 0, "failed": 0}
+    try:
+        done = sink.done_ids()
+        pending = [item for item in items if item.id not in done]
+        if task == "match":  # similar text lengths share a batch, so little of it is padding
+            pending.sort(key=lambda item: len(spec.text or item.text or ""))
+        bar = _progress_bar(len(pending), task, progress)
+        if engine == "ray":
+            from blipkit.jobs.ray_engine import run_on_ray
+
+            batches = run_on_ray(spec, pending, batch_size, ray_address, ray_actors, ray_gpus_per_actor)
+        else:
+            batches = _run_locally(spec, pending, batch_size, workers)
+        for records in batches:
+            sink.write(records)
+            for record in records:
+                counts[record["status"]] += 1
+            bar.update(len(records))
+        bar.close()
+        complete = True
+    finally:
+        sink.close(complete)
+    summary = JobSummary(counts["ok"], counts["failed"], len(items) - len(pending), time.perf_counter() - started)
+    if progress:
+        print(f"{task}: {summary}", file=sys.stderr)
+    return summary
+
+
+def _run_locally(spec: WorkerSpec, pending: list[Item], batch_size: int, workers: int) -> Iterator[list[dict]]:
+    """Decode and preprocess up to ``workers`` batches ahead in threads while the model runs on the current one."""
+    if not pending:
+        return
+    worker = Worker(spec)
+    chunks = (pending[i : i + batch_size] for i in range(0, len(pending), batch_size))
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="blipkit-decode") as pool:
+        ahead: deque[Future] = deque()
+        for chunk in chunks:
+            ahead.append(pool.submit(worker.prepare, chunk))
+            if len(ahead) > workers:
+                yield worker.infer(ahead.popleft().result())
+        while ahead:
+            yield worker.infer(ahead.popleft().result())
+
+
+def _progress_bar(total: int, task: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=task, unit="img", disable=not enabled, file=sys.stderr, smoothing=0.1)
+
+
+def caption(inputs, out, **kwargs: Any) -> JobSummary:
+    """Caption every image of ``inputs`` into ``out`` (see ``run`` for the options)."""
+    return run("caption", inputs, out, **kwargs)
+
+
+def ask(inputs, out, question: str, **kwargs: Any) -> JobSummary:
+    """Ask every image of ``inputs`` the same ``question``."""
+    return run("ask", inputs, out, question=question, **kwargs)
+
+
+def match(inputs, out, **kwargs: Any) -> JobSummary:
+    """Score every image against its caption from the source, or against ``text=`` for all."""
+    return run("match", inputs, out, **kwargs)
+
+
+def embed(inputs, out, **kwargs: Any) -> JobSummary:
+    """ITC image embeddings (normalized) of every image of ``inputs``."""
+    return run("embed", inputs, out, **kwargs)
