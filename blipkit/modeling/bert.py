@@ -170,18 +170,21 @@ class LMHead(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = activation(config.hidden_act)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # Tied (every released checkpoint): the projection is the word embeddings plus this bias. Untied: the
+        # reference projects with its own decoder weight and bias, and keeps (and saves) this bias unused.
         self.bias = nn.Parameter(torch.empty(config.vocab_size))
-        self.decoder = None if tied else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder = None if tied else nn.Linear(config.hidden_size, config.vocab_size)
 
     @property
     def tied_suffixes(self) -> tuple[str, ...]:
-        # The reference keeps decoder.bias and (when tied) decoder.weight as aliases; it does not save them.
-        return ("decoder.bias",) if self.decoder is not None else ("decoder.weight", "decoder.bias")
+        # When tied, the reference keeps decoder.weight and decoder.bias as aliases; it does not save them.
+        return () if self.decoder is not None else ("decoder.weight", "decoder.bias")
 
     def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.act(self.dense(x)))
-        weight = word_embeddings if self.decoder is None else self.decoder.weight
-        return F.linear(x, weight, self.bias)
+        if self.decoder is not None:
+            return self.decoder(x)
+        return F.linear(x, word_embeddings, self.bias)
 
 
 class BlipTextLMHeadModel(PreTrainedModel):
@@ -191,10 +194,11 @@ class BlipTextLMHeadModel(PreTrainedModel):
     key_map = KeyMap(TEXT_KEYS)
 
     def __init__(
-        self, config: BlipTextConfig, tie_word_embeddings: bool | None = None, mask_cross_attention: bool = False
+        self, config: BlipTextConfig, tie_word_embeddings: bool = False, mask_cross_attention: bool = False
     ) -> None:
         super().__init__(config)
-        tied = config.tie_word_embeddings if tie_word_embeddings is None else tie_word_embeddings
+        # Inside a BlipConfig model the reference ties unless both its flag and the text config's say not to.
+        tied = config.tie_word_embeddings or bool(tie_word_embeddings)
         self.bert = BlipTextModel(config, add_pooling_layer=False, mask_cross_attention=mask_cross_attention)
         self.head = LMHead(config, tied)
 
