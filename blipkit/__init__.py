@@ -11,8 +11,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "blipkit.configs": ("BlipConfig", "BlipTextConfig", "BlipVisionConfig", "ConfigError"),
-    "blipkit.modeling.vision": ("BlipVisionModel",),
+    "blipkit.configs": (
+        "BlipConfig",
+        "BlipTextConfig",
+        "BlipVisionConfig",
+        "Blip2QFormerConfig",
+        "Blip2VisionConfig",
+        "ConfigError",
+    ),
+    "blipkit.modeling.vision": ("BlipVisionModel", "Blip2VisionModel"),
+    "blipkit.modeling.qformer": ("Blip2QFormerModel",),
     "blipkit.modeling.bert": ("BlipTextModel", "BlipTextLMHeadModel"),
     "blipkit.modeling.blip": (
         "BlipModel",

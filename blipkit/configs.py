@@ -192,3 +192,47 @@ class BlipConfig(BaseConfig):
         super().__post_init__()
         # The text decoder cross-attends to the image tokens, so their widths must agree.
         self.text_config.encoder_hidden_size = self.vision_config.hidden_size
+
+
+@dataclass
+class Blip2VisionConfig(BaseConfig):
+    """The EVA ViT-g image encoder of BLIP-2 (defaults: 39 layers, 1408 wide, 224 px, patch 14)."""
+
+    model_type: ClassVar[str] = "blip_2_vision_model"
+    base_config_key: ClassVar[str | None] = "vision_config"
+
+    hidden_size: int = 1408
+    intermediate_size: int = 6144
+    num_hidden_layers: int = 39
+    num_attention_heads: int = 16
+    image_size: int | list[int] | tuple[int, int] = 224
+    patch_size: int | list[int] | tuple[int, int] = 14
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-6
+    attention_dropout: float = 0.0
+    initializer_range: float = 1e-10
+    qkv_bias: bool = True
+
+
+@dataclass
+class Blip2QFormerConfig(BaseConfig):
+    """The Q-Former: a BERT whose learned query tokens cross-attend to the image every few layers."""
+
+    model_type: ClassVar[str] = "blip_2_qformer"
+    base_config_key: ClassVar[str | None] = "qformer_config"
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    cross_attention_frequency: int = 2
+    encoder_hidden_size: int = 1408
+    use_qformer_text_input: bool = False

@@ -42,6 +42,7 @@ class Attention(nn.Module):
         fused_qkv: bool = False,
         dropout: float = 0.0,
         scale: float | None = None,
+        qkv_bias: bool | None = None,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -50,12 +51,13 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.dropout = dropout
         self.scale = scale  # None: SDPA's 1/sqrt(head_dim)
+        in_bias = bias if qkv_bias is None else qkv_bias  # projections in may differ from the one out
         if fused_qkv:
-            self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+            self.qkv = nn.Linear(dim, 3 * dim, bias=in_bias)
         else:
-            self.q = nn.Linear(dim, dim, bias=bias)
-            self.k = nn.Linear(kv_dim or dim, dim, bias=bias)
-            self.v = nn.Linear(kv_dim or dim, dim, bias=bias)
+            self.q = nn.Linear(dim, dim, bias=in_bias)
+            self.k = nn.Linear(kv_dim or dim, dim, bias=in_bias)
+            self.v = nn.Linear(kv_dim or dim, dim, bias=in_bias)
         self.o = nn.Linear(dim, dim, bias=bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:

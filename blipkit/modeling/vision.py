@@ -1,4 +1,4 @@
-"""The BLIP image encoder: a pre-norm ViT with a class token and learned position embeddings."""
+"""The image encoders of BLIP and BLIP-2: a pre-norm ViT with a class token and learned position embeddings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blipkit.checkpoint import KeyMap
-from blipkit.configs import BlipVisionConfig
+from blipkit.configs import Blip2VisionConfig, BlipVisionConfig
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import MLP, Attention
 from blipkit.modeling.outputs import BaseModelOutputWithPooling
@@ -67,7 +67,14 @@ class VisionLayer(nn.Module):
         super().__init__()
         dim = config.hidden_size
         self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.attn = Attention(dim, config.num_attention_heads, fused_qkv=True, dropout=config.attention_dropout)
+        # BLIP-2's EVA ViT may drop the qkv bias (qkv_bias=False); BLIP always has one.
+        self.attn = Attention(
+            dim,
+            config.num_attention_heads,
+            fused_qkv=True,
+            dropout=config.attention_dropout,
+            qkv_bias=getattr(config, "qkv_bias", True),
+        )
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = MLP(dim, config.intermediate_size, config.hidden_act)
 
@@ -109,6 +116,12 @@ class BlipVisionModel(PreTrainedModel):
             pooler_output=self.post_layernorm(last[:, 0]),
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
         )
+
+
+class Blip2VisionModel(BlipVisionModel):
+    """BLIP-2's image encoder: the same ViT, read from a ``Blip2VisionConfig`` (its defaults are EVA ViT-g)."""
+
+    config_class = Blip2VisionConfig
 
 
 def check_pixel_values(pixel_values: torch.Tensor | None, patch_size: tuple[int, int]) -> None:
