@@ -236,3 +236,38 @@ class Blip2QFormerConfig(BaseConfig):
     cross_attention_frequency: int = 2
     encoder_hidden_size: int = 1408
     use_qformer_text_input: bool = False
+
+
+@dataclass
+class OPTConfig(BaseConfig):
+    """Meta's OPT decoder, BLIP-2's decoder-only language model (defaults: OPT-125m)."""
+
+    model_type: ClassVar[str] = "opt"
+    base_config_key: ClassVar[str | None] = "text_config"
+
+    vocab_size: int = 50272
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    ffn_dim: int = 3072
+    max_position_embeddings: int = 2048
+    do_layer_norm_before: bool = True
+    _remove_final_layer_norm: bool = False
+    word_embed_proj_dim: int | None = None
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    num_attention_heads: int = 12
+    activation_function: str = "relu"
+    layerdrop: float = 0.0
+    init_std: float = 0.02
+    use_cache: bool = True
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 2
+    eos_token_id: int | list[int] | None = 2
+    enable_bias: bool = True
+    layer_norm_elementwise_affine: bool = True
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.word_embed_proj_dim is None:
+            self.word_embed_proj_dim = self.hidden_size

@@ -10,7 +10,7 @@ from blipkit.checkpoint import KeyMap
 from blipkit.configs import BlipTextConfig
 from blipkit.generation.cache import KVCache
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, activation, additive_mask
+from blipkit.modeling.layers import MLP, Attention, activation, additive_mask, lm_loss
 from blipkit.modeling.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -282,19 +282,6 @@ class CachedTextDecoder:
     def reorder(self, rows: torch.Tensor) -> None:
         for cache in self.caches:
             cache.reorder(rows)
-
-
-def lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, reduction: str = "mean"
-) -> torch.Tensor:
-    """Next-token cross-entropy: logits at t predict labels at t+1; -100 labels are ignored."""
-    if labels.shape != logits.shape[:2]:
-        raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
-    shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
-    loss = F.cross_entropy(
-        shifted, labels[:, 1:].reshape(-1).to(logits.device), reduction=reduction, label_smoothing=label_smoothing
-    )
-    return loss.view(logits.shape[0], -1).sum(1) if reduction == "none" else loss
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:

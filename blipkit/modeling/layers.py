@@ -129,8 +129,18 @@ def additive_mask(
 
     ``padding_mask`` is (batch, keys) with 1 for real tokens. ``past`` counts cached keys that precede the
     queries (causal masks). The minimum rather than -inf keeps fully masked rows (left padding under a
-    causal mask) finite: they attend uniformly, exactly as the reference computes them.
+    causal mask) finite: they attend uniformly, as the reference's eager attention (BLIP's text model) does.
     """
+    allowed = boolean_mask(padding_mask, num_queries, causal=causal, past=past)
+    if allowed is None:
+        return None
+    return torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def boolean_mask(
+    padding_mask: torch.Tensor | None, num_queries: int, *, causal: bool = False, past: int = 0
+) -> torch.Tensor | None:
+    """The same mask as booleans (True: attend). Fully masked rows then give zeros, as SDPA-based references do."""
     if padding_mask is None and not causal:
         return None
     num_keys = padding_mask.shape[-1] if padding_mask is not None else past + num_queries
@@ -140,7 +150,7 @@ def additive_mask(
         allowed = allowed & (torch.arange(num_keys, device=allowed.device)[None, :] <= query_pos)
     if padding_mask is not None:
         allowed = allowed & padding_mask[:, None, None, :].bool()
-    return torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return allowed
 
 
 def _device(t: torch.Tensor | None) -> torch.device | None:
@@ -159,3 +169,16 @@ def init_normal_(module: nn.Module, std: float) -> None:
         elif isinstance(sub, nn.LayerNorm):
             nn.init.ones_(sub.weight)
             nn.init.zeros_(sub.bias)
+
+
+def lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, reduction: str = "mean"
+) -> torch.Tensor:
+    """Next-token cross-entropy: logits at t predict labels at t+1; -100 labels are ignored."""
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+    shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
+    loss = F.cross_entropy(
+        shifted, labels[:, 1:].reshape(-1).to(logits.device), reduction=reduction, label_smoothing=label_smoothing
+    )
+    return loss.view(logits.shape[0], -1).sum(1) if reduction == "none" else loss

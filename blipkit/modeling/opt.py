@@ -1,0 +1,141 @@
+"""Our OPT decoder: pre- (or post-) norm transformer layers, learned positions offset by 2, tied LM head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blipkit.checkpoint import KeyMap
+from blipkit.configs import OPTConfig
+from blipkit.generation.cache import KVCache
+from blipkit.modeling.base import PreTrainedModel
+from blipkit.modeling.layers import MLP, Attention, boolean_mask, lm_loss
+from blipkit.modeling.outputs import CausalLMOutputWithCrossAttentions
+
+OPT_KEYS = [
+    *(
+        (f"model.decoder.layers.{{}}.self_attn.{ref}", f"decoder.layers.{{}}.self_attn.{ours}")
+        for ref, ours in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("out_proj", "o"))
+    ),
+    ("model.decoder.layers.{}.fc1", "decoder.layers.{}.mlp.fc1"),
+    ("model.decoder.layers.{}.fc2", "decoder.layers.{}.mlp.fc2"),
+    ("model.decoder", "decoder"),
+]
+POSITION_OFFSET = 2  # OPT's position table keeps two unused rows in front (a fairseq legacy)
+
+
+class OPTLayer(nn.Module):
+    def __init__(self, config: OPTConfig) -> None:
+        super().__init__()
+        dim, affine = config.hidden_size, config.layer_norm_elementwise_affine
+        self.pre_norm = config.do_layer_norm_before
+        self.self_attn = Attention(
+            dim, config.num_attention_heads, bias=config.enable_bias, dropout=config.attention_dropout
+        )
+        self.self_attn_layer_norm = nn.LayerNorm(dim, elementwise_affine=affine)
+        self.mlp = MLP(dim, config.ffn_dim, config.activation_function, bias=config.enable_bias)
+        self.final_layer_norm = nn.LayerNorm(dim, elementwise_affine=affine)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
+        h = self.self_attn_layer_norm(x) if self.pre_norm else x
+        kv = cache.update(*self.self_attn.project_kv(h)) if cache is not None else None
+        x = x + self.dropout(self.self_attn(h, mask=mask, kv=kv))
+        if not self.pre_norm:
+            x = self.self_attn_layer_norm(x)
+        h = self.final_layer_norm(x) if self.pre_norm else x
+        x = x + self.dropout(self.mlp(h))
+        return x if self.pre_norm else self.final_layer_norm(x)
+
+
+class OPTDecoder(nn.Module):
+    def __init__(self, config: OPTConfig) -> None:
+        super().__init__()
+        dim, proj = config.hidden_size, config.word_embed_proj_dim
+        self.embed_tokens = nn.Embedding(config.vocab_size, proj)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings + POSITION_OFFSET, dim)
+        # OPT-350m embeds in a narrower space and projects in and out of the model width.
+        self.project_in = nn.Linear(proj, dim, bias=False) if proj != dim else None
+        self.project_out = nn.Linear(dim, proj, bias=False) if proj != dim else None
+        has_final_norm = config.do_layer_norm_before and not config._remove_final_layer_norm
+        self.final_layer_norm = (
+            nn.LayerNorm(dim, elementwise_affine=config.layer_norm_elementwise_affine) if has_final_norm else None
+        )
+        self.layers = nn.ModuleList(OPTLayer(config) for _ in range(config.num_hidden_layers))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        caches: list[KVCache] | None = None,
+    ) -> torch.Tensor:
+        """``attention_mask`` (batch, past + new) covers cached tokens too; ``position_ids`` the new ones."""
+        past = caches[0].length if caches else 0
+        x = inputs_embeds if self.project_in is None else self.project_in(inputs_embeds)
+        x = x + self.embed_positions(position_ids + POSITION_OFFSET)
+        # Boolean, as the reference's SDPA path: a fully masked (left-padding) row attends to nothing.
+        mask = boolean_mask(attention_mask, x.shape[1], causal=True, past=past)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, caches[i] if caches else None)
+        if self.final_layer_norm is not None:
+            x = self.final_layer_norm(x)
+        return x if self.project_out is None else self.project_out(x)
+
+
+def opt_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """OPT's positions: counted over real tokens, -1 for padding (row 1 of the table after the offset)."""
+    return (attention_mask.long().cumsum(1) * attention_mask - 1).long()
+
+
+class OPTForCausalLM(PreTrainedModel):
+    """OPT with its language-model head (the word embeddings, unless the config unties them)."""
+
+    config_class = OPTConfig
+    key_map = KeyMap(OPT_KEYS)
+
+    def __init__(self, config: OPTConfig) -> None:
+        super().__init__(config)
+        self.decoder = OPTDecoder(config)
+        self.lm_head = (
+            None if config.tie_word_embeddings else nn.Linear(config.word_embed_proj_dim, config.vocab_size, bias=False)
+        )
+
+    @property
+    def tied_suffixes(self) -> tuple[str, ...]:
+        return ("lm_head.weight",) if self.lm_head is None else ()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.decoder.embed_tokens
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.decoder.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> CausalLMOutputWithCrossAttentions:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.decoder.embed_tokens(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+        if position_ids is None:
+            position_ids = opt_positions(attention_mask)
+        hidden = self.decoder(inputs_embeds, attention_mask, position_ids)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.logits(hidden)
+        loss = None
+        if labels is not None:
+            loss = lm_loss(logits.float(), labels, label_smoothing=0.0)
+        return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits)
