@@ -271,3 +271,42 @@ class OPTConfig(BaseConfig):
         super().__post_init__()
         if self.word_embed_proj_dim is None:
             self.word_embed_proj_dim = self.hidden_size
+
+
+# The language models BLIP-2 can drive, by the model_type in its text_config.
+TEXT_CONFIGS: dict[str, type[BaseConfig]] = {"opt": OPTConfig}
+
+
+@dataclass
+class Blip2Config(BaseConfig):
+    """A whole BLIP-2 model: image encoder, Q-Former, and a language model chosen by ``text_config.model_type``."""
+
+    model_type: ClassVar[str] = "blip-2"
+    sub_configs: ClassVar[dict[str, type[BaseConfig]]] = {
+        "vision_config": Blip2VisionConfig,
+        "qformer_config": Blip2QFormerConfig,
+    }
+
+    vision_config: Blip2VisionConfig = field(default_factory=Blip2VisionConfig)
+    qformer_config: Blip2QFormerConfig = field(default_factory=Blip2QFormerConfig)
+    text_config: BaseConfig = field(default_factory=OPTConfig)
+    num_query_tokens: int = 32
+    image_text_hidden_size: int = 256
+    image_token_index: int | None = None
+    initializer_factor: float = 1.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        for key, sub_cls in self.sub_configs.items():
+            if isinstance(getattr(self, key), dict):
+                setattr(self, key, sub_cls.from_dict(getattr(self, key)))
+        if isinstance(self.text_config, dict):
+            kind = self.text_config.get("model_type", "opt")
+            if kind not in TEXT_CONFIGS:
+                raise ConfigError(
+                    f"Blip2Config: unsupported language model {kind!r}; supported: {', '.join(TEXT_CONFIGS)}"
+                )
+            self.text_config = TEXT_CONFIGS[kind].from_dict(self.text_config)
+        super().__post_init__()
+        # The Q-Former's cross-attention reads image tokens, so it takes the image encoder's width.
+        self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size

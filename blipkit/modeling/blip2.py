@@ -1,0 +1,122 @@
+"""BLIP-2: a frozen image encoder, the Q-Former's query tokens, and a language model that reads them as a prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from blipkit.checkpoint import KeyMap
+from blipkit.configs import Blip2Config
+from blipkit.modeling.base import PreTrainedModel
+from blipkit.modeling.layers import lm_loss
+from blipkit.modeling.opt import OPT_KEYS, OPTForCausalLM
+from blipkit.modeling.outputs import BaseModelOutputWithPooling, ModelOutput
+from blipkit.modeling.qformer import QFORMER_KEYS, Blip2QFormerModel
+from blipkit.modeling.vision import VISION_KEYS, Blip2VisionModel
+
+# Most specific first: OPT's "decoder.layers.N.self_attn.q" must not be read as a Q-Former "layers.N.self_attn.q".
+BLIP2_KEYS = KeyMap(VISION_KEYS + OPT_KEYS + QFORMER_KEYS)
+LANGUAGE_MODELS = {"opt": OPTForCausalLM}
+
+
+@dataclass(frozen=True)
+class Blip2ImageFeatures(ModelOutput):
+    """The vision output, with ``pooler_output`` replaced by the projected query tokens (the LM's image prefix)."""
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    vision_outputs: BaseModelOutputWithPooling | None = None
+    qformer_outputs: Any = None
+
+
+@dataclass(frozen=True)
+class Blip2ForConditionalGenerationModelOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    vision_outputs: BaseModelOutputWithPooling | None = None
+    qformer_outputs: Any = None
+    language_model_outputs: Any = None
+
+
+class Blip2ForConditionalGeneration(PreTrainedModel):
+    """Image -> ViT -> Q-Former queries -> projection -> language model, which reads them where the prompt has
+    ``image_token_index`` placeholders (the processor puts ``num_query_tokens`` of them before the text)."""
+
+    config_class = Blip2Config
+    key_map = BLIP2_KEYS
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: Blip2Config) -> None:
+        super().__init__(config)
+        self.vision_model = Blip2VisionModel(config.vision_config)
+        self.query_tokens = nn.Parameter(torch.empty(1, config.num_query_tokens, config.qformer_config.hidden_size))
+        self.qformer = Blip2QFormerModel(config.qformer_config)
+        self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
+        self.language_model = LANGUAGE_MODELS[config.text_config.model_type](config.text_config)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.language_model.get_input_embeddings()
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+    ) -> Blip2ImageFeatures:
+        vision = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        image = vision.last_hidden_state
+        queries = self.query_tokens.expand(image.shape[0], -1, -1)
+        ones = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
+        qformer = self.qformer(queries, encoder_hidden_states=image, encoder_attention_mask=ones)
+        features = self.language_projection(qformer.last_hidden_state.to(image.dtype))
+        return Blip2ImageFeatures(
+            last_hidden_state=image, pooler_output=features, vision_outputs=vision, qformer_outputs=qformer
+        )
+
+    def merge_image_features(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, features: torch.Tensor
+    ) -> torch.Tensor:
+        """Write the image features into the placeholder positions of ``inputs_embeds``."""
+        token = self.config.image_token_index
+        if token is None:
+            raise ValueError("this checkpoint's config has no image_token_index: prompts cannot carry image tokens")
+        if input_ids is not None:
+            placeholders = input_ids == token
+        else:
+            placeholders = (inputs_embeds == self.get_input_embeddings().weight[token]).all(-1)
+        found, expected = int(placeholders.sum()), features.shape[0] * features.shape[1]
+        if found != expected:
+            raise ValueError(
+                f"the prompt has {found} image tokens (id {token}) but the images give {expected} query features "
+                f"({features.shape[1]} per image); process the text with the Blip2Processor"
+            )
+        return inputs_embeds.masked_scatter(placeholders[..., None], features.to(inputs_embeds.dtype))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> Blip2ForConditionalGenerationModelOutput:
+        image = self.get_image_features(pixel_values, interpolate_pos_encoding)
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("You have to specify input_ids or inputs_embeds")
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image.pooler_output)
+        if attention_mask is None:
+            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        loss = None
+        if labels is not None:
+            loss = lm_loss(out.logits[:, -labels.shape[1] :].float(), labels, label_smoothing=0.0)
+        return Blip2ForConditionalGenerationModelOutput(
+            loss=loss,
+            logits=out.logits,
+            vision_outputs=image.vision_outputs,
+            qformer_outputs=image.qformer_outputs,
+            language_model_outputs=out,
+        )

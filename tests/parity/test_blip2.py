@@ -1,0 +1,85 @@
+"""Blip2ForConditionalGeneration (OPT) against the reference: image features, logits, loss, round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import blipkit
+from tests.parity.test_blip2_parts import QFORMER, VISION
+from tests.reference import perturb_
+
+IMAGE_TOKEN = 98
+QUERIES = 4
+TINY_OPT = {"model_type": "opt", "vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "ffn_dim": 37,
+            "num_attention_heads": 4, "max_position_embeddings": 64, "dropout": 0.0}  # fmt: skip
+
+
+def reference_blip2(tmp_path, **text_overrides):
+    import transformers
+
+    config = transformers.Blip2Config(
+        vision_config=VISION,
+        qformer_config={**QFORMER, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+        text_config={**TINY_OPT, **text_overrides},
+        num_query_tokens=QUERIES,
+        image_token_index=IMAGE_TOKEN,
+    )
+    torch.manual_seed(0)
+    reference = perturb_(transformers.Blip2ForConditionalGeneration(config)).eval()
+    reference.save_pretrained(tmp_path)
+    return reference
+
+
+def prompt_inputs():
+    """Two images; prompts of 4 image tokens then text, the second left-padded by one."""
+    image = [IMAGE_TOKEN] * QUERIES
+    ids = torch.tensor([image + [2, 15, 27, 33], [1] + image + [2, 44, 12]])
+    mask = torch.tensor([[1] * 8, [0] + [1] * 7])
+    pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(4))
+    return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("variant", [{}, {"do_layer_norm_before": False, "word_embed_proj_dim": 16}], ids=str)
+@torch.no_grad()
+def test_forward_logits_loss_and_image_features(tmp_path, variant):
+    reference = reference_blip2(tmp_path, **variant)
+    ours = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path)
+    inputs = prompt_inputs()
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE_TOKEN, -100)
+    labels = labels.masked_fill(inputs["attention_mask"] == 0, -100)
+    expected, actual = reference(**inputs, labels=labels), ours(**inputs, labels=labels)
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(actual.logits[real], expected.logits[real], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(actual.loss, expected.loss, atol=1e-5, rtol=1e-4)
+    features = ours.get_image_features(inputs["pixel_values"]).pooler_output
+    torch.testing.assert_close(
+        features, reference.get_image_features(inputs["pixel_values"]).pooler_output, atol=1e-5, rtol=1e-4
+    )
+
+
+@torch.no_grad()
+def test_saved_by_blipkit_loads_in_reference(tmp_path):
+    import transformers
+
+    reference = reference_blip2(tmp_path / "ref")
+    ours = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path / "ref")
+    ours.save_pretrained(tmp_path / "ours")
+    again = transformers.Blip2ForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
+    inputs = prompt_inputs()
+    torch.testing.assert_close(again(**inputs).logits, reference(**inputs).logits)
+
+
+def test_image_token_count_must_match(tmp_path):
+    reference_blip2(tmp_path)
+    ours = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path)
+    inputs = prompt_inputs()
+    inputs["input_ids"] = inputs["input_ids"][:, 1:]
+    inputs["attention_mask"] = inputs["attention_mask"][:, 1:]
+    with pytest.raises(ValueError, match="the prompt has 7 image tokens \\(id 98\\) but the images give 8"):
+        ours(**inputs)
+
+
+def test_unsupported_language_model_is_named():
+    with pytest.raises(blipkit.ConfigError, match="unsupported language model 'llama'; supported: opt"):
+        blipkit.Blip2Config.from_dict({"text_config": {"model_type": "llama"}})
