@@ -10,9 +10,11 @@ from torch import nn
 
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import Blip2Config
+from blipkit.generation import search
+from blipkit.generation.config import GenerationConfig
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import lm_loss
-from blipkit.modeling.opt import OPT_KEYS, OPTForCausalLM
+from blipkit.modeling.opt import OPT_KEYS, CachedOPTDecoder, OPTForCausalLM
 from blipkit.modeling.outputs import BaseModelOutputWithPooling, ModelOutput
 from blipkit.modeling.qformer import QFORMER_KEYS, Blip2QFormerModel
 from blipkit.modeling.vision import VISION_KEYS, Blip2VisionModel
@@ -49,8 +51,11 @@ class Blip2ForConditionalGeneration(PreTrainedModel):
     key_map = BLIP2_KEYS
     main_input_name = "pixel_values"
 
+    can_generate = True
+
     def __init__(self, config: Blip2Config) -> None:
         super().__init__(config)
+        self.generation_config = GenerationConfig()
         self.vision_model = Blip2VisionModel(config.vision_config)
         self.query_tokens = nn.Parameter(torch.empty(1, config.num_query_tokens, config.qformer_config.hidden_size))
         self.qformer = Blip2QFormerModel(config.qformer_config)
@@ -119,4 +124,36 @@ class Blip2ForConditionalGeneration(PreTrainedModel):
             vision_outputs=image.vision_outputs,
             qformer_outputs=image.qformer_outputs,
             language_model_outputs=out,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        generator: torch.Generator | None = None,
+        **generate_kwargs,
+    ) -> torch.Tensor:
+        """Ids of the prompt (image placeholders included) followed by the generated text, as the reference returns
+        them. Without ``input_ids`` the prompt is the image placeholders and the LM's bos token."""
+        features = self.get_image_features(pixel_values, interpolate_pos_encoding).pooler_output
+        text = self.config.text_config
+        if input_ids is None:
+            start = [self.config.image_token_index] * self.config.num_query_tokens + [text.bos_token_id]
+            input_ids = torch.tensor([start], device=features.device).repeat(features.shape[0], 1)
+        if attention_mask is None:  # the reference takes every prompt token as real here
+            attention_mask = torch.ones_like(input_ids)
+        embeds = self.merge_image_features(input_ids, self.get_input_embeddings()(input_ids), features)
+        config = self.generation_config.updated(
+            bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id
+        ).updated(**generate_kwargs)
+
+        def make_decoder(rows_per_prompt: int, max_length: int) -> CachedOPTDecoder:
+            prefix = embeds.repeat_interleave(rows_per_prompt, 0)
+            return CachedOPTDecoder(self.language_model, prefix.shape[0], max_length, prefix)
+
+        return search.generate(
+            make_decoder, input_ids, attention_mask, config, text.max_position_embeddings, generator=generator
         )

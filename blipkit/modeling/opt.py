@@ -139,3 +139,32 @@ class OPTForCausalLM(PreTrainedModel):
         if labels is not None:
             loss = lm_loss(logits.float(), labels, label_smoothing=0.0)
         return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits)
+
+
+class CachedOPTDecoder:
+    """Runs ``OPTForCausalLM`` one step at a time for generation; the first step may take embeddings (BLIP-2's
+    image prefix and prompt) instead of token ids."""
+
+    def __init__(self, model: OPTForCausalLM, rows: int, max_length: int, prefix_embeds: torch.Tensor | None) -> None:
+        self.model = model
+        self.prefix_embeds = prefix_embeds
+        attn = model.decoder.layers[0].self_attn
+        weight = model.decoder.embed_tokens.weight
+        self.caches = [
+            KVCache(rows, attn.num_heads, max_length, attn.head_dim, weight.dtype, weight.device)
+            for _ in model.decoder.layers
+        ]
+
+    def __call__(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        if self.prefix_embeds is not None:
+            embeds, self.prefix_embeds = self.prefix_embeds, None
+        else:
+            embeds = self.model.decoder.embed_tokens(input_ids)
+        hidden = self.model.decoder(embeds, attention_mask, position_ids, self.caches)
+        return self.model.logits(hidden[:, -1])
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        for cache in self.caches:
+            cache.reorder(rows)

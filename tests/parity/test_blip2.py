@@ -83,3 +83,48 @@ def test_image_token_count_must_match(tmp_path):
 def test_unsupported_language_model_is_named():
     with pytest.raises(blipkit.ConfigError, match="unsupported language model 'llama'; supported: opt"):
         blipkit.Blip2Config.from_dict({"text_config": {"model_type": "llama"}})
+
+
+GENERATION_SETTINGS = [
+    {"max_new_tokens": 6},
+    {},
+    {"num_beams": 3, "max_new_tokens": 6},
+    {"num_beams": 3, "num_return_sequences": 2, "max_new_tokens": 5, "length_penalty": 0.5},
+    {"repetition_penalty": 1.4, "no_repeat_ngram_size": 2, "max_new_tokens": 8},
+    {"min_new_tokens": 4, "max_new_tokens": 6},
+    # With 91 as the end token the rows finish at different steps, so finished rows get padded.
+    {"eos_token_id": 91, "max_new_tokens": 8},
+    {"eos_token_id": 91, "num_beams": 2, "num_return_sequences": 2, "max_new_tokens": 8},
+]
+
+
+@pytest.mark.parametrize("settings", GENERATION_SETTINGS, ids=str)
+def test_generated_ids_match(tmp_path, settings):
+    reference = reference_blip2(tmp_path)
+    with torch.no_grad():  # make [eos] (2) likely, so rows finish at different steps
+        reference.language_model.model.decoder.embed_tokens.weight[2] *= 2.5
+    reference.save_pretrained(tmp_path)
+    ours = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path)
+    inputs = prompt_inputs()
+    for kwargs in ({"pixel_values": inputs["pixel_values"]}, inputs):
+        expected = reference.generate(**kwargs, **settings)
+        actual = ours.generate(**kwargs, **settings)
+        assert actual.tolist() == expected.tolist()
+
+
+def test_sampling_matches_under_the_same_seed(tmp_path):
+    reference = reference_blip2(tmp_path)
+    ours = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path)
+    inputs = prompt_inputs()
+    torch.manual_seed(5)
+    expected = reference.generate(**inputs, do_sample=True, top_k=10, max_new_tokens=6)
+    torch.manual_seed(5)
+    assert ours.generate(**inputs, do_sample=True, top_k=10, max_new_tokens=6).tolist() == expected.tolist()
+
+
+def test_rows_finishing_early_are_padded(tmp_path):
+    reference_blip2(tmp_path)
+    ours = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path)
+    ids = ours.generate(**prompt_inputs(), eos_token_id=91, max_new_tokens=8)
+    finished_at = [row.tolist().index(91) if 91 in row.tolist() else None for row in ids[:, 8:]]
+    assert len(set(finished_at)) > 1 and (ids[:, 8:] == 1).any()  # [PAD] (1) after an early finish
