@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from blipkit.hub import read_json, resolve_file
 from blipkit.processing.image import IMAGE_OPTIONS, BlipImageProcessor, BlipImageProcessorFast
-from blipkit.processing.text import BlipTokenizer
+from blipkit.processing.text import BlipTokenizer, TextTokenizer
 
 
 class BlipProcessor:
@@ -63,3 +64,77 @@ class BlipProcessor:
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = False) -> list[str]:
         return self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens)
+
+
+class Blip2Processor(BlipProcessor):
+    """BLIP-2's processor: the BLIP image processor and the language model's tokenizer (GPT-2 BPE for OPT).
+
+    With images, every text is prefixed with ``num_query_tokens`` ``<image>`` tokens (after its padding, as the
+    reference does); the model writes the Q-Former's outputs into those positions.
+    """
+
+    image_token = "<image>"
+
+    def __init__(
+        self, image_processor: BlipImageProcessor, tokenizer: TextTokenizer, num_query_tokens: int | None = None
+    ) -> None:
+        super().__init__(image_processor, tokenizer)
+        self.num_query_tokens = num_query_tokens
+        self.image_token_id = tokenizer.add_special_token(self.image_token)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, use_fast: bool = False, **hub_kwargs: Any
+    ) -> Blip2Processor:
+        image_cls = BlipImageProcessorFast if use_fast else BlipImageProcessor
+        config_path = resolve_file(name_or_path, "processor_config.json", required=False, **hub_kwargs)
+        config = read_json(config_path) if config_path else {}
+        return cls(
+            image_cls.from_pretrained(name_or_path, **hub_kwargs),
+            TextTokenizer.from_pretrained(name_or_path, **hub_kwargs),
+            num_query_tokens=config.get("num_query_tokens"),
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        directory = Path(save_directory)
+        self.image_processor.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        config = {"processor_class": "Blip2Processor", "num_query_tokens": self.num_query_tokens}
+        (directory / "processor_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    def __call__(
+        self,
+        images: Any = None,
+        text: str | list[str] | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        if images is None and text is None:
+            raise ValueError("You have to specify either images or text.")
+        image_keys = {k: kwargs.pop(k) for k in list(kwargs) if k in IMAGE_OPTIONS}
+        out: dict[str, Any] = {}
+        if text is not None:
+            prefix = self.num_query_tokens if images is not None and self.num_query_tokens else 0
+            if kwargs.get("max_length") is not None:
+                kwargs["max_length"] -= prefix  # the budget is for the whole sequence, image tokens included
+            encoded = self.tokenizer(text, return_tensors=None, **kwargs)
+            if isinstance(text, str):
+                encoded = {k: [v] for k, v in encoded.items()}
+            fill = {"input_ids": self.image_token_id, "attention_mask": 1}
+            encoded = {k: [[fill[k]] * prefix + row for row in rows] for k, rows in encoded.items()}
+            out.update(_as_tensors(encoded, return_tensors))
+        if images is not None:
+            out.update(self.image_processor(images, return_tensors=return_tensors, **image_keys))
+        return out
+
+
+def _as_tensors(encoded: dict[str, list[list[int]]], return_tensors: str | None) -> dict[str, Any]:
+    if return_tensors is None:
+        return encoded
+    if return_tensors != "pt":
+        raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
+    import torch
+
+    if len({len(row) for row in encoded["input_ids"]}) > 1:
+        raise ValueError("texts of different lengths cannot form one tensor: pass padding=True")
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in encoded.items()}

@@ -1,4 +1,5 @@
-"""BLIP's tokenizer: BERT uncased WordPiece plus [DEC] (bos) and [ENC], on the `tokenizers` library."""
+"""Tokenizers on the `tokenizers` library: any tokenizer.json (BLIP-2's GPT-2 BPE, T5), and BLIP's BERT WordPiece
+with [DEC] (bos) and [ENC], which can also be built from a bare vocab.txt."""
 
 from __future__ import annotations
 
@@ -28,23 +29,27 @@ DEFAULT_SPECIALS = {
 }
 
 
-class BlipTokenizer:
-    """Tokenizes text for BLIP's text models with the reference's padding, truncation and decoding.
+class TextTokenizer:
+    """A ``tokenizer.json`` with the reference's special tokens, padding (side from the config), truncation and
+    decoding. Special tokens come from tokenizer_config.json / special_tokens_map.json."""
 
-    Loads ``tokenizer.json``, or builds the same pipeline from ``vocab.txt`` and ``tokenizer_config.json``
-    when that is all a repository has.
-    """
-
-    padding_side = "right"
+    default_specials: dict[str, str] = {}
+    tokenizer_class = "PreTrainedTokenizerFast"  # what transformers should load a saved copy as
 
     def __init__(self, tokenizer: Tokenizer, config: dict[str, Any]) -> None:
         self._tokenizer = tokenizer
         self.config = config
         self.model_max_length = int(config.get("model_max_length") or 512)
+        self.padding_side = config.get("padding_side", "right")
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         for role in SPECIAL_ROLES:
-            setattr(self, role, _token_content(config.get(role, DEFAULT_SPECIALS.get(role))))
+            token = _token_content(config.get(role))
+            if token is None and self._tokenizer.token_to_id(self.default_specials.get(role, "")) is not None:
+                token = self.default_specials[role]  # a default only where the vocabulary has it
+            setattr(self, role, token)
         extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
         self.additional_special_tokens = [_token_content(t) for t in extra]
         special = [t for t in (*(getattr(self, r) for r in SPECIAL_ROLES), *self.additional_special_tokens) if t]
@@ -54,12 +59,11 @@ class BlipTokenizer:
         for role in SPECIAL_ROLES:
             token = getattr(self, role)
             setattr(self, f"{role}_id", self._tokenizer.token_to_id(token) if token else None)
-        self.enc_token_id = self._tokenizer.token_to_id("[ENC]")
         self.all_special_ids = sorted({self._tokenizer.token_to_id(t) for t in special})
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **hub_kwargs: Any) -> BlipTokenizer:
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **hub_kwargs: Any) -> TextTokenizer:
         config_path = resolve_file(name_or_path, TOKENIZER_CONFIG, required=False, **hub_kwargs)
         config = read_json(config_path) if config_path else {}
         specials_path = resolve_file(name_or_path, SPECIAL_TOKENS_MAP, required=False, **hub_kwargs)
@@ -71,38 +75,17 @@ class BlipTokenizer:
                 return cls(Tokenizer.from_file(str(tokenizer_path)), config)
             except Exception as e:  # the tokenizers library raises a bare Exception for bad files
                 raise ValueError(f"{tokenizer_path} is not a valid tokenizer file: {e}") from e
-        vocab_path = resolve_file(name_or_path, VOCAB_FILE, required=False, **hub_kwargs)
-        if vocab_path is None:
-            raise FileNotFoundError(f"{name_or_path} has neither {TOKENIZER_FILE} nor {VOCAB_FILE}")
-        return cls.from_vocab(vocab_path, config)
+        return cls._without_tokenizer_json(name_or_path, config, hub_kwargs)
 
     @classmethod
-    def from_vocab(cls, vocab_path: str | os.PathLike, config: dict[str, Any] | None = None) -> BlipTokenizer:
-        """Build the BERT WordPiece pipeline from a vocab.txt (the BLIP defaults: [DEC] bos, [ENC] extra)."""
-        config = {"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"], **(config or {})}
-        vocab = {
-            line.rstrip("\n"): i for i, line in enumerate(Path(vocab_path).read_text(encoding="utf-8").splitlines())
-        }
-        unk = _token_content(config.get("unk_token", "[UNK]"))
-        if unk not in vocab:
-            raise ValueError(f"{vocab_path} does not contain the unknown token {unk!r}; is it a WordPiece vocabulary?")
-        tokenizer = Tokenizer(WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
-        tokenizer.normalizer = normalizers.BertNormalizer(
-            clean_text=True,
-            handle_chinese_chars=config.get("tokenize_chinese_chars", True),
-            strip_accents=config.get("strip_accents"),
-            lowercase=config.get("do_lower_case", True),
-        )
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tokenizer.decoder = decoders.WordPiece(prefix="##")
-        cls_token = _token_content(config.get("cls_token", "[CLS]"))
-        sep_token = _token_content(config.get("sep_token", "[SEP]"))
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{cls_token} $A {sep_token}",
-            pair=f"{cls_token} $A {sep_token} $B:1 {sep_token}:1",
-            special_tokens=[(cls_token, vocab[cls_token]), (sep_token, vocab[sep_token])],
-        )
-        return cls(tokenizer, config)
+    def _without_tokenizer_json(cls, name_or_path, config: dict[str, Any], hub_kwargs: dict) -> TextTokenizer:
+        raise FileNotFoundError(f"{name_or_path} has no {TOKENIZER_FILE}")
+
+    def add_special_token(self, token: str) -> int:
+        """Add ``token`` as a special token (e.g. BLIP-2's ``<image>``) unless it exists; return its id."""
+        if self._tokenizer.token_to_id(token) is None:
+            self._tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False)])
+        return self._tokenizer.token_to_id(token)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         directory = Path(save_directory)
@@ -112,8 +95,7 @@ class BlipTokenizer:
         config.update({role: getattr(self, role) for role in SPECIAL_ROLES if getattr(self, role)})
         config["extra_special_tokens"] = self.additional_special_tokens
         config["model_max_length"] = self.model_max_length
-        config.setdefault("tokenizer_class", "BertTokenizer")
-        config.setdefault("do_lower_case", True)
+        config.setdefault("tokenizer_class", self.tokenizer_class)
         (directory / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     # -------------------------------------------------------------------------------------------- encoding
@@ -154,8 +136,10 @@ class BlipTokenizer:
             width = max(len(s) for s in ids)
             if padding == "max_length":
                 width = max_length if max_length is not None else self.model_max_length
-            masks = [[1] * len(s) + [0] * (width - len(s)) for s in ids]
-            ids = [s + [self.pad_token_id] * (width - len(s)) for s in ids]
+            if self.pad_token_id is None:
+                raise ValueError("this tokenizer has no pad token, so texts of different lengths cannot be padded")
+            masks = [_pad([1] * len(s), width, 0, self.padding_side) for s in ids]
+            ids = [_pad(s, width, self.pad_token_id, self.padding_side) for s in ids]
         elif padding not in (False, None, "do_not_pad"):
             raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
         else:
@@ -183,6 +167,58 @@ class BlipTokenizer:
         if isinstance(sequences, torch.Tensor):
             sequences = sequences.tolist()
         return self._tokenizer.decode_batch([list(s) for s in sequences], skip_special_tokens=skip_special_tokens)
+
+
+class BlipTokenizer(TextTokenizer):
+    """BLIP's tokenizer: BERT uncased WordPiece with [DEC] (bos, 30522) and [ENC] (30523). Loads ``tokenizer.json``,
+    or builds the same pipeline from ``vocab.txt`` and ``tokenizer_config.json`` when that is all a repo has."""
+
+    default_specials = DEFAULT_SPECIALS
+    tokenizer_class = "BertTokenizer"
+
+    @property
+    def enc_token_id(self) -> int | None:
+        return self._tokenizer.token_to_id("[ENC]")
+
+    @classmethod
+    def _without_tokenizer_json(cls, name_or_path, config: dict[str, Any], hub_kwargs: dict) -> BlipTokenizer:
+        vocab_path = resolve_file(name_or_path, VOCAB_FILE, required=False, **hub_kwargs)
+        if vocab_path is None:
+            raise FileNotFoundError(f"{name_or_path} has neither {TOKENIZER_FILE} nor {VOCAB_FILE}")
+        return cls.from_vocab(vocab_path, config)
+
+    @classmethod
+    def from_vocab(cls, vocab_path: str | os.PathLike, config: dict[str, Any] | None = None) -> BlipTokenizer:
+        """Build the BERT WordPiece pipeline from a vocab.txt (the BLIP defaults: [DEC] bos, [ENC] extra)."""
+        config = {"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"], "do_lower_case": True, **(config or {})}
+        vocab = {
+            line.rstrip("\n"): i for i, line in enumerate(Path(vocab_path).read_text(encoding="utf-8").splitlines())
+        }
+        unk = _token_content(config.get("unk_token", "[UNK]"))
+        if unk not in vocab:
+            raise ValueError(f"{vocab_path} does not contain the unknown token {unk!r}; is it a WordPiece vocabulary?")
+        tokenizer = Tokenizer(WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
+        tokenizer.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+            strip_accents=config.get("strip_accents"),
+            lowercase=config.get("do_lower_case", True),
+        )
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece(prefix="##")
+        cls_token = _token_content(config.get("cls_token", "[CLS]"))
+        sep_token = _token_content(config.get("sep_token", "[SEP]"))
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{cls_token} $A {sep_token}",
+            pair=f"{cls_token} $A {sep_token} $B:1 {sep_token}:1",
+            special_tokens=[(cls_token, vocab[cls_token]), (sep_token, vocab[sep_token])],
+        )
+        return cls(tokenizer, config)
+
+
+def _pad(sequence: list[int], width: int, value: int, side: str) -> list[int]:
+    padding = [value] * (width - len(sequence))
+    return padding + sequence if side == "left" else sequence + padding
 
 
 def check_texts(text: Any) -> list[str]:
