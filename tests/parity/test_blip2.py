@@ -15,7 +15,7 @@ TINY_OPT = {"model_type": "opt", "vocab_size": 99, "hidden_size": 32, "num_hidde
             "num_attention_heads": 4, "max_position_embeddings": 64, "dropout": 0.0}  # fmt: skip
 
 
-def reference_blip2(tmp_path, **text_overrides):
+def reference_blip2(tmp_path, image_token: int = IMAGE_TOKEN, **text_overrides):
     import transformers
 
     config = transformers.Blip2Config(
@@ -23,7 +23,7 @@ def reference_blip2(tmp_path, **text_overrides):
         qformer_config={**QFORMER, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
         text_config={**TINY_OPT, **text_overrides},
         num_query_tokens=QUERIES,
-        image_token_index=IMAGE_TOKEN,
+        image_token_index=image_token,
     )
     torch.manual_seed(0)
     reference = perturb_(transformers.Blip2ForConditionalGeneration(config)).eval()

@@ -30,3 +30,26 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys, marker, class_name, 
     monkeypatch.chdir(tmp_path)
     exec(compile(example.replace(repo, str(tmp_path / "model")), "README", "exec"), {})
     assert capsys.readouterr().out.strip()
+
+
+def test_readme_blip2_example_runs(tmp_path, monkeypatch, capsys):
+    """A tiny BLIP-2 with its processor (a small BPE tokenizer whose <image> id the config names)."""
+    import transformers
+
+    from tests.bpe import save_bpe_tokenizer
+    from tests.parity.test_blip2 import QUERIES, reference_blip2
+
+    example = next(e for e in EXAMPLES if "Blip2ForConditionalGeneration" in e)
+    model_dir = tmp_path / "model"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(save_bpe_tokenizer(tmp_path / "tokenizer"))
+    image_processor = transformers.BlipImageProcessorPil(size={"height": 28, "width": 28})
+    processor = transformers.Blip2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=QUERIES
+    )
+    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    reference_blip2(model_dir, image_token=image_token, vocab_size=image_token + 1)
+    processor.save_pretrained(model_dir)
+    shutil.copy(IMAGES[0], tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example.replace("Salesforce/blip2-opt-2.7b", str(model_dir)), "README", "exec"), {})
+    assert "Question: how many dogs are there? Answer:" in capsys.readouterr().out
