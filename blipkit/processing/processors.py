@@ -38,9 +38,10 @@ class BlipProcessor:
         directory = Path(save_directory)
         self.image_processor.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
-        (directory / "processor_config.json").write_text(
-            json.dumps({"processor_class": "BlipProcessor"}, indent=2) + "\n"
-        )
+        (directory / "processor_config.json").write_text(json.dumps(self.processor_config(), indent=2) + "\n")
+
+    def processor_config(self) -> dict[str, Any]:
+        return {"processor_class": type(self).__name__}
 
     def __call__(
         self,
@@ -56,8 +57,13 @@ class BlipProcessor:
         if images is not None:
             out.update(self.image_processor(images, return_tensors=return_tensors, **image_keys))
         if text is not None:
-            out.update(self.tokenizer(text, return_tensors=return_tensors, **kwargs))
+            out.update(self._encode_text(text, images is not None, return_tensors, kwargs))
         return out
+
+    def _encode_text(
+        self, text: str | list[str], with_images: bool, return_tensors: str | None, options: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.tokenizer(text, return_tensors=return_tensors, **options)
 
     def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -95,37 +101,21 @@ class Blip2Processor(BlipProcessor):
             num_query_tokens=config.get("num_query_tokens"),
         )
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        directory = Path(save_directory)
-        self.image_processor.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        config = {"processor_class": "Blip2Processor", "num_query_tokens": self.num_query_tokens}
-        (directory / "processor_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    def processor_config(self) -> dict[str, Any]:
+        return {**super().processor_config(), "num_query_tokens": self.num_query_tokens}
 
-    def __call__(
-        self,
-        images: Any = None,
-        text: str | list[str] | None = None,
-        return_tensors: str | None = "pt",
-        **kwargs: Any,
+    def _encode_text(
+        self, text: str | list[str], with_images: bool, return_tensors: str | None, options: dict[str, Any]
     ) -> dict[str, Any]:
-        if images is None and text is None:
-            raise ValueError("You have to specify either images or text.")
-        image_keys = {k: kwargs.pop(k) for k in list(kwargs) if k in IMAGE_OPTIONS}
-        out: dict[str, Any] = {}
-        if text is not None:
-            prefix = self.num_query_tokens if images is not None and self.num_query_tokens else 0
-            if kwargs.get("max_length") is not None:
-                kwargs["max_length"] -= prefix  # the budget is for the whole sequence, image tokens included
-            encoded = self.tokenizer(text, return_tensors=None, **kwargs)
-            if isinstance(text, str):
-                encoded = {k: [v] for k, v in encoded.items()}
-            fill = {"input_ids": self.image_token_id, "attention_mask": 1}
-            encoded = {k: [[fill[k]] * prefix + row for row in rows] for k, rows in encoded.items()}
-            out.update(_as_tensors(encoded, return_tensors))
-        if images is not None:
-            out.update(self.image_processor(images, return_tensors=return_tensors, **image_keys))
-        return out
+        prefix = self.num_query_tokens if with_images and self.num_query_tokens else 0
+        if options.get("max_length") is not None:
+            options["max_length"] -= prefix  # the budget is for the whole sequence, image tokens included
+        encoded = self.tokenizer(text, return_tensors=None, **options)
+        if isinstance(text, str):
+            encoded = {k: [v] for k, v in encoded.items()}
+        fill = {"input_ids": self.image_token_id, "attention_mask": 1}
+        encoded = {k: [[fill[k]] * prefix + row for row in rows] for k, rows in encoded.items()}
+        return _as_tensors(encoded, return_tensors)
 
 
 def _as_tensors(encoded: dict[str, list[list[int]]], return_tensors: str | None) -> dict[str, Any]:
