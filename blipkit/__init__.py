@@ -22,7 +22,12 @@ _EXPORTS = {
         "OPTConfig",
     ),
     "blipkit.modeling.opt": ("OPTForCausalLM",),
-    "blipkit.modeling.blip2": ("Blip2ForConditionalGeneration",),
+    "blipkit.modeling.blip2": (
+        "Blip2ForConditionalGeneration",
+        "Blip2ForImageTextRetrieval",
+        "Blip2TextModelWithProjection",
+        "Blip2VisionModelWithProjection",
+    ),
     "blipkit.modeling.vision": ("BlipVisionModel", "Blip2VisionModel"),
     "blipkit.modeling.qformer": ("Blip2QFormerModel",),
     "blipkit.modeling.bert": ("BlipTextModel", "BlipTextLMHeadModel"),

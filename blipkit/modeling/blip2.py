@@ -16,7 +16,7 @@ from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import lm_loss
 from blipkit.modeling.opt import OPT_KEYS, CachedOPTDecoder, OPTForCausalLM
 from blipkit.modeling.outputs import BaseModelOutputWithPooling, ModelOutput
-from blipkit.modeling.qformer import QFORMER_KEYS, Blip2QFormerModel
+from blipkit.modeling.qformer import QFORMER_KEYS, Blip2QFormerModel, QFormerTextEmbeddings
 from blipkit.modeling.vision import VISION_KEYS, Blip2VisionModel
 
 # Most specific first: OPT's "decoder.layers.N.self_attn.q" must not be read as a Q-Former "layers.N.self_attn.q".
@@ -41,6 +41,147 @@ class Blip2ForConditionalGenerationModelOutput(ModelOutput):
     vision_outputs: BaseModelOutputWithPooling | None = None
     qformer_outputs: Any = None
     language_model_outputs: Any = None
+
+
+@dataclass(frozen=True)
+class Blip2TextModelOutput(ModelOutput):
+    text_embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Blip2VisionModelOutput(ModelOutput):
+    image_embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Blip2ImageTextMatchingModelOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_model_output: Any = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+
+class _QueryReader(PreTrainedModel):
+    """Parts shared by the BLIP-2 models that read an image through the Q-Former's query tokens."""
+
+    config_class = Blip2Config
+    key_map = BLIP2_KEYS
+
+    def _queries(self, image: torch.Tensor):
+        """The Q-Former's query outputs for image tokens (batch, queries, width)."""
+        queries = self.query_tokens.expand(image.shape[0], -1, -1)
+        ones = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
+        return self.qformer(queries, encoder_hidden_states=image, encoder_attention_mask=ones).last_hidden_state
+
+    def _text_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """Drop the image placeholders a Blip2Processor put before the text (when the config has them)."""
+        if self.config.image_token_index is None:
+            return input_ids, attention_mask
+        n = self.config.num_query_tokens
+        return input_ids[:, n:], attention_mask[:, n:] if attention_mask is not None else None
+
+
+class Blip2VisionModelWithProjection(_QueryReader):
+    """Image -> query tokens -> normalized embeddings in the image-text space: (batch, queries, dim)."""
+
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: Blip2Config) -> None:
+        super().__init__(config)
+        self.vision_model = Blip2VisionModel(config.vision_config)
+        self.query_tokens = nn.Parameter(torch.empty(1, config.num_query_tokens, config.qformer_config.hidden_size))
+        self.qformer = Blip2QFormerModel(config.qformer_config)
+        self.vision_projection = nn.Linear(config.qformer_config.hidden_size, config.image_text_hidden_size)
+
+    def forward(self, pixel_values: torch.Tensor | None = None) -> Blip2VisionModelOutput:
+        vision = self.vision_model(pixel_values)
+        embeds = self.vision_projection(self._queries(vision.last_hidden_state))
+        return Blip2VisionModelOutput(
+            image_embeds=nn.functional.normalize(embeds, dim=-1), last_hidden_state=vision.last_hidden_state
+        )
+
+
+class Blip2TextModelWithProjection(_QueryReader):
+    """Text through the Q-Former alone -> normalized embeddings of every token in the image-text space."""
+
+    def __init__(self, config: Blip2Config) -> None:
+        super().__init__(config)
+        self.query_tokens = nn.Parameter(torch.empty(1, config.num_query_tokens, config.qformer_config.hidden_size))
+        self.embeddings = QFormerTextEmbeddings(config.qformer_config)
+        self.qformer = Blip2QFormerModel(config.qformer_config)
+        self.text_projection = nn.Linear(config.qformer_config.hidden_size, config.image_text_hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Blip2TextModelOutput:
+        text = self.qformer(self.embeddings(input_ids), query_length=0, attention_mask=attention_mask)
+        embeds = self.text_projection(text.last_hidden_state)
+        return Blip2TextModelOutput(
+            text_embeds=nn.functional.normalize(embeds, dim=-1), last_hidden_state=text.last_hidden_state
+        )
+
+
+class Blip2ForImageTextRetrieval(_QueryReader):
+    """Image-text matching (``use_image_text_matching_head=True``: ITM logits, averaged over the queries) or
+    contrastive similarity (default: the best query's cosine with the text's first token)."""
+
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: Blip2Config) -> None:
+        super().__init__(config)
+        width = config.qformer_config.hidden_size
+        self.vision_model = Blip2VisionModel(config.vision_config)
+        self.query_tokens = nn.Parameter(torch.empty(1, config.num_query_tokens, width))
+        self.embeddings = QFormerTextEmbeddings(config.qformer_config)
+        self.qformer = Blip2QFormerModel(config.qformer_config)
+        self.vision_projection = nn.Linear(width, config.image_text_hidden_size)
+        self.text_projection = nn.Linear(width, config.image_text_hidden_size)
+        self.itm_head = nn.Linear(width, 2)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        use_image_text_matching_head: bool = False,
+    ) -> Blip2ImageTextMatchingModelOutput:
+        vision = self.vision_model(pixel_values)
+        image = vision.last_hidden_state
+        n = self.config.num_query_tokens
+        if use_image_text_matching_head:
+            queries = self.query_tokens.expand(image.shape[0], -1, -1)
+            if self.config.image_token_index is not None:
+                input_ids = input_ids[:, n:]
+            elif attention_mask is not None:  # the queries are always attended to
+                attention_mask = torch.cat([attention_mask.new_ones(queries.shape[:2]), attention_mask], dim=1)
+            ones = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
+            text = self.qformer(
+                self.embeddings(input_ids, queries),
+                query_length=n,
+                attention_mask=attention_mask,
+                encoder_hidden_states=image,
+                encoder_attention_mask=ones,
+            )
+            logits_per_image = self.itm_head(text.last_hidden_state[:, :n]).mean(dim=1)
+            text_embeds, image_embeds = text.last_hidden_state, None
+        else:
+            image_embeds = nn.functional.normalize(self.vision_projection(self._queries(image)), dim=-1)
+            input_ids, attention_mask = self._text_ids(input_ids, attention_mask)
+            text = self.qformer(self.embeddings(input_ids), query_length=0, attention_mask=attention_mask)
+            text_embeds = nn.functional.normalize(self.text_projection(text.last_hidden_state[:, 0]), dim=-1)
+            # (images, queries, texts) -> the best-matching query for each image-text pair
+            logits_per_image = (image_embeds @ text_embeds.t()).max(dim=1).values
+        return Blip2ImageTextMatchingModelOutput(
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_image.t(),
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text,
+            vision_model_output=vision,
+        )
 
 
 class Blip2ForConditionalGeneration(PreTrainedModel):

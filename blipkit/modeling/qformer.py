@@ -80,6 +80,20 @@ class QFormerLayer(nn.Module):
         return out
 
 
+class QFormerTextEmbeddings(nn.Module):
+    """Word + position embeddings of text for the Q-Former, after the query tokens (the Q-Former normalizes them)."""
+
+    def __init__(self, config: Blip2QFormerConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, query_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        return x if query_embeds is None else torch.cat([query_embeds.to(x.dtype), x], dim=1)
+
+
 class Blip2QFormerModel(PreTrainedModel):
     """The Q-Former on its own: ``query_embeds`` (queries, optionally followed by embedded text) in, tokens out."""
 
