@@ -25,6 +25,7 @@ _EXPORTS = {
     "blipkit.modeling.blip2": (
         "Blip2ForConditionalGeneration",
         "Blip2ForImageTextRetrieval",
+        "Blip2Model",
         "Blip2TextModelWithProjection",
         "Blip2VisionModelWithProjection",
     ),

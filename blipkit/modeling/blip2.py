@@ -14,7 +14,7 @@ from blipkit.generation import search
 from blipkit.generation.config import GenerationConfig
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import lm_loss
-from blipkit.modeling.opt import OPT_KEYS, CachedOPTDecoder, OPTForCausalLM
+from blipkit.modeling.opt import OPT_KEYS, CachedOPTDecoder, OPTForCausalLM, opt_positions
 from blipkit.modeling.outputs import BaseModelOutputWithPooling, ModelOutput
 from blipkit.modeling.qformer import QFORMER_KEYS, Blip2QFormerModel, QFormerTextEmbeddings
 from blipkit.modeling.vision import VISION_KEYS, Blip2VisionModel
@@ -72,11 +72,11 @@ class _QueryReader(PreTrainedModel):
     config_class = Blip2Config
     key_map = BLIP2_KEYS
 
-    def _queries(self, image: torch.Tensor):
-        """The Q-Former's query outputs for image tokens (batch, queries, width)."""
+    def _read_image(self, image: torch.Tensor):
+        """The Q-Former's output for image tokens; ``last_hidden_state`` is (batch, queries, width)."""
         queries = self.query_tokens.expand(image.shape[0], -1, -1)
         ones = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
-        return self.qformer(queries, encoder_hidden_states=image, encoder_attention_mask=ones).last_hidden_state
+        return self.qformer(queries, encoder_hidden_states=image, encoder_attention_mask=ones)
 
     def _text_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         """Drop the image placeholders a Blip2Processor put before the text (when the config has them)."""
@@ -100,7 +100,7 @@ class Blip2VisionModelWithProjection(_QueryReader):
 
     def forward(self, pixel_values: torch.Tensor | None = None) -> Blip2VisionModelOutput:
         vision = self.vision_model(pixel_values)
-        embeds = self.vision_projection(self._queries(vision.last_hidden_state))
+        embeds = self.vision_projection(self._read_image(vision.last_hidden_state).last_hidden_state)
         return Blip2VisionModelOutput(
             image_embeds=nn.functional.normalize(embeds, dim=-1), last_hidden_state=vision.last_hidden_state
         )
@@ -168,7 +168,9 @@ class Blip2ForImageTextRetrieval(_QueryReader):
             logits_per_image = self.itm_head(text.last_hidden_state[:, :n]).mean(dim=1)
             text_embeds, image_embeds = text.last_hidden_state, None
         else:
-            image_embeds = nn.functional.normalize(self.vision_projection(self._queries(image)), dim=-1)
+            image_embeds = nn.functional.normalize(
+                self.vision_projection(self._read_image(image).last_hidden_state), dim=-1
+            )
             input_ids, attention_mask = self._text_ids(input_ids, attention_mask)
             text = self.qformer(self.embeddings(input_ids), query_length=0, attention_mask=attention_mask)
             text_embeds = nn.functional.normalize(self.text_projection(text.last_hidden_state[:, 0]), dim=-1)
@@ -184,19 +186,14 @@ class Blip2ForImageTextRetrieval(_QueryReader):
         )
 
 
-class Blip2ForConditionalGeneration(PreTrainedModel):
+class _Blip2WithLanguageModel(_QueryReader):
     """Image -> ViT -> Q-Former queries -> projection -> language model, which reads them where the prompt has
     ``image_token_index`` placeholders (the processor puts ``num_query_tokens`` of them before the text)."""
 
-    config_class = Blip2Config
-    key_map = BLIP2_KEYS
     main_input_name = "pixel_values"
-
-    can_generate = True
 
     def __init__(self, config: Blip2Config) -> None:
         super().__init__(config)
-        self.generation_config = GenerationConfig()
         self.vision_model = Blip2VisionModel(config.vision_config)
         self.query_tokens = nn.Parameter(torch.empty(1, config.num_query_tokens, config.qformer_config.hidden_size))
         self.qformer = Blip2QFormerModel(config.qformer_config)
@@ -206,14 +203,11 @@ class Blip2ForConditionalGeneration(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.language_model.get_input_embeddings()
 
-    def get_image_features(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
-    ) -> Blip2ImageFeatures:
+    def _image_prefix(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> Blip2ImageFeatures:
+        """Vision and Q-Former outputs, and the projected queries the language model reads (``pooler_output``)."""
         vision = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         image = vision.last_hidden_state
-        queries = self.query_tokens.expand(image.shape[0], -1, -1)
-        ones = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
-        qformer = self.qformer(queries, encoder_hidden_states=image, encoder_attention_mask=ones)
+        qformer = self._read_image(image)
         features = self.language_projection(qformer.last_hidden_state.to(image.dtype))
         return Blip2ImageFeatures(
             last_hidden_state=image, pooler_output=features, vision_outputs=vision, qformer_outputs=qformer
@@ -247,7 +241,7 @@ class Blip2ForConditionalGeneration(PreTrainedModel):
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
     ) -> Blip2ForConditionalGenerationModelOutput:
-        image = self.get_image_features(pixel_values, interpolate_pos_encoding)
+        image = self._image_prefix(pixel_values, interpolate_pos_encoding)
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("You have to specify input_ids or inputs_embeds")
@@ -267,6 +261,42 @@ class Blip2ForConditionalGeneration(PreTrainedModel):
             language_model_outputs=out,
         )
 
+
+class Blip2Model(_Blip2WithLanguageModel):
+    """All of BLIP-2 with its feature extractors: the image encoder's, the Q-Former's and the language model's."""
+
+    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
+        """The image encoder's output (not projected), as the reference returns it."""
+        return self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+
+    def get_qformer_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """The Q-Former's query outputs: (batch, num_query_tokens, qformer width)."""
+        return self._image_prefix(pixel_values, interpolate_pos_encoding).qformer_outputs.last_hidden_state
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """The language model's last hidden states for text alone."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        decoder = self.language_model.decoder
+        hidden = decoder(decoder.embed_tokens(input_ids), attention_mask, opt_positions(attention_mask))
+        return BaseModelOutputWithPooling(last_hidden_state=hidden)
+
+
+class Blip2ForConditionalGeneration(_Blip2WithLanguageModel):
+    """BLIP-2 for captioning and visual question answering: ``generate`` continues the prompt after the image."""
+
+    can_generate = True
+
+    def __init__(self, config: Blip2Config) -> None:
+        super().__init__(config)
+        self.generation_config = GenerationConfig()
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+    ) -> Blip2ImageFeatures:
+        """The vision output with ``pooler_output`` the projected queries (the language model's image prefix)."""
+        return self._image_prefix(pixel_values, interpolate_pos_encoding)
+
     @torch.no_grad()
     def generate(
         self,
@@ -279,7 +309,7 @@ class Blip2ForConditionalGeneration(PreTrainedModel):
     ) -> torch.Tensor:
         """Ids of the prompt (image placeholders included) followed by the generated text, as the reference returns
         them. Without ``input_ids`` the prompt is the image placeholders and the LM's bos token."""
-        features = self.get_image_features(pixel_values, interpolate_pos_encoding).pooler_output
+        features = self._image_prefix(pixel_values, interpolate_pos_encoding).pooler_output
         text = self.config.text_config
         if input_ids is None:
             start = [self.config.image_token_index] * self.config.num_query_tokens + [text.bos_token_id]

@@ -128,3 +128,28 @@ def test_rows_finishing_early_are_padded(tmp_path):
     ids = ours.generate(**prompt_inputs(), eos_token_id=91, max_new_tokens=8)
     finished_at = [row.tolist().index(91) if 91 in row.tolist() else None for row in ids[:, 8:]]
     assert len(set(finished_at)) > 1 and (ids[:, 8:] == 1).any()  # [PAD] (1) after an early finish
+
+
+@torch.no_grad()
+def test_blip2_model_features_and_forward(tmp_path):
+    import transformers
+
+    reference_blip2(tmp_path / "cg")
+    reference = transformers.Blip2Model.from_pretrained(tmp_path / "cg").eval()
+    ours = blipkit.Blip2Model.from_pretrained(tmp_path / "cg")
+    inputs = prompt_inputs()
+    pixels, ids, mask = inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
+    close = lambda a, e: torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-4)  # noqa: E731
+    close(
+        ours.get_image_features(pixels).pooler_output, reference.get_image_features(pixel_values=pixels).pooler_output
+    )
+    close(ours.get_qformer_features(pixels), reference.get_qformer_features(pixel_values=pixels))
+    text = torch.tensor([[2, 15, 27, 33], [1, 2, 44, 12]])
+    text_mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])
+    real = text_mask.bool()
+    close(
+        ours.get_text_features(text, text_mask).last_hidden_state[real],
+        reference.get_text_features(input_ids=text, attention_mask=text_mask).last_hidden_state[real],
+    )
+    labels = ids.masked_fill(ids == IMAGE_TOKEN, -100).masked_fill(mask == 0, -100)
+    close(ours(**inputs, labels=labels).loss, reference(**inputs, labels=labels).loss)
