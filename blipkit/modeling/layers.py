@@ -157,20 +157,6 @@ def _device(t: torch.Tensor | None) -> torch.device | None:
     return t.device if t is not None else None
 
 
-def init_normal_(module: nn.Module, std: float) -> None:
-    """The reference's initialisation of freshly created weights (used for keys a checkpoint lacks)."""
-    for sub in module.modules():
-        if isinstance(sub, (nn.Linear, nn.Conv2d)):
-            nn.init.normal_(sub.weight, std=std)
-            if sub.bias is not None:
-                nn.init.zeros_(sub.bias)
-        elif isinstance(sub, nn.Embedding):
-            nn.init.normal_(sub.weight, std=std)
-        elif isinstance(sub, nn.LayerNorm):
-            nn.init.ones_(sub.weight)
-            nn.init.zeros_(sub.bias)
-
-
 def lm_loss(
     logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, reduction: str = "mean"
 ) -> torch.Tensor:
