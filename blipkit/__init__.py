@@ -20,8 +20,10 @@ _EXPORTS = {
         "Blip2Config",
         "ConfigError",
         "OPTConfig",
+        "T5Config",
     ),
     "blipkit.modeling.opt": ("OPTForCausalLM",),
+    "blipkit.modeling.t5": ("T5ForConditionalGeneration",),
     "blipkit.modeling.blip2": (
         "Blip2ForConditionalGeneration",
         "Blip2ForImageTextRetrieval",

@@ -108,6 +108,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "float": (int, float),
     "str": (str,),
     "bool": (bool,),
+    "bool | None": (bool,),
     "int | None": (int,),
     "int | list[int] | None": (int, list),
     "int | list[int] | tuple[int, int]": (int, list, tuple),
@@ -273,8 +274,67 @@ class OPTConfig(BaseConfig):
             self.word_embed_proj_dim = self.hidden_size
 
 
+@dataclass
+class T5Config(BaseConfig):
+    """Google's T5 encoder-decoder, BLIP-2's other language model (defaults: t5-small; Flan-T5 sets
+    ``feed_forward_proj="gated-gelu"``)."""
+
+    model_type: ClassVar[str] = "t5"
+    base_config_key: ClassVar[str | None] = "text_config"
+
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_decoder_layers: int | None = None
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.1
+    layer_norm_epsilon: float = 1e-6
+    initializer_factor: float = 1.0
+    feed_forward_proj: str = "relu"
+    is_encoder_decoder: bool = True
+    use_cache: bool = True
+    pad_token_id: int | None = 0
+    eos_token_id: int | list[int] | None = 1
+    decoder_start_token_id: int | None = None
+    classifier_dropout: float = 0.0
+    tie_word_embeddings: bool = True
+    # Original T5 scales the decoder output by d_model ** -0.5 before the LM head; T5 v1.1 / Flan-T5 do not.
+    # Checkpoints from before this key existed say so with tie_word_embeddings=false.
+    scale_decoder_outputs: bool | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_decoder_layers is None:
+            self.num_decoder_layers = self.num_layers
+        if self.scale_decoder_outputs is None:
+            self.scale_decoder_outputs = self.tie_word_embeddings
+        gated, _, act = self.feed_forward_proj.rpartition("-")
+        if gated not in ("", "gated") or not act:
+            raise ConfigError(
+                f"T5Config.feed_forward_proj must be 'ACT' or 'gated-ACT' (e.g. 'relu', 'gated-gelu'), "
+                f"got {self.feed_forward_proj!r}"
+            )
+
+    @property
+    def is_gated_act(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def dense_act_fn(self) -> str:
+        # "gated-gelu" has always meant the tanh approximation.
+        return "gelu_new" if self.feed_forward_proj == "gated-gelu" else self.feed_forward_proj.split("-")[-1]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.d_model
+
+
 # The language models BLIP-2 can drive, by the model_type in its text_config.
-TEXT_CONFIGS: dict[str, type[BaseConfig]] = {"opt": OPTConfig}
+TEXT_CONFIGS: dict[str, type[BaseConfig]] = {"opt": OPTConfig, "t5": T5Config}
 
 
 @dataclass
@@ -310,3 +370,8 @@ class Blip2Config(BaseConfig):
         super().__post_init__()
         # The Q-Former's cross-attention reads image tokens, so it takes the image encoder's width.
         self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
+
+    @property
+    def use_decoder_only_language_model(self) -> bool:
+        """OPT continues the prompt; T5 encodes it and decodes the answer separately."""
+        return not getattr(self.text_config, "is_encoder_decoder", False)

@@ -33,6 +33,7 @@ class GenerationConfig:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
+    decoder_start_token_id: int | None = None  # encoder-decoder models (T5) start decoding from it
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationConfig:

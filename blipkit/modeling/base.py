@@ -27,7 +27,9 @@ class PreTrainedModel(nn.Module):
     """A model that loads and saves checkpoints in the Hugging Face format.
 
     Subclasses set ``config_class`` and ``key_map`` (reference names <-> our module names). A submodule with
-    ``tied_suffixes`` names weights the reference keeps as aliases of others: ignored on load, never written.
+    ``tied_suffixes`` names weights the reference keeps as aliases of others (or no longer uses): ignored on load,
+    never written. A submodule's ``tied_unless_saved`` maps a weight to the one it shares storage with when the
+    checkpoint does not have it (T5's LM head: tied to the embeddings in T5, saved on its own in Flan-T5).
     """
 
     config_class: ClassVar[type[BaseConfig]]
@@ -57,9 +59,21 @@ class PreTrainedModel(nn.Module):
             for suffix in getattr(module, "tied_suffixes", ())
         }
 
+    def _optional_ties(self) -> list[tuple[nn.Module, str, str, str]]:
+        """(module, target, source, target's full name) for every ``tied_unless_saved`` entry."""
+        return [
+            (module, target, source, f"{name}.{target}" if name else target)
+            for name, module in self.named_modules()
+            for target, source in getattr(module, "tied_unless_saved", {}).items()
+        ]
+
     def reference_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict under the reference's key names."""
-        return {self.key_map.to_reference(k): v for k, v in self.state_dict().items()}
+        """The state dict under the reference's key names (a weight tied to another is written once)."""
+        tied = {
+            full for module, target, source, full in self._optional_ties()
+            if module.get_parameter(target) is module.get_parameter(source)
+        }  # fmt: skip
+        return {self.key_map.to_reference(k): v for k, v in self.state_dict().items() if k not in tied}
 
     @classmethod
     def from_pretrained(
@@ -116,6 +130,10 @@ class PreTrainedModel(nn.Module):
                     seen.add(key)
             # Assigning per file keeps one shard's worth of tensors alive at a time.
             self.load_state_dict(batch, strict=False, assign=True)
+        for module, target, source, full in self._optional_ties():
+            if full not in seen:
+                _set_parameter(module, target, module.get_parameter(source))
+                seen.add(full)
         missing = [self.key_map.to_reference(k) for k in expected if k not in seen]
         if strict and (missing or unexpected or mis_shaped):
             raise CheckpointError(
@@ -135,9 +153,10 @@ class PreTrainedModel(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config, "initializer_range", 0.02)
-        if isinstance(module, nn.LayerNorm):
+        if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
             return
         for name, param in module.named_parameters(recurse=False):
             if name == "bias":
@@ -153,6 +172,11 @@ class PreTrainedModel(nn.Module):
         self.config.extra["dtype"] = str(self.dtype).removeprefix("torch.")
         self.config.save_pretrained(directory)
         save_safetensors(self.reference_state_dict(), directory, parse_size(max_shard_size))
+
+
+def _set_parameter(module: nn.Module, name: str, parameter: nn.Parameter) -> None:
+    owner_name, _, attribute = name.rpartition(".")
+    setattr(module.get_submodule(owner_name), attribute, parameter)
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None, config: BaseConfig) -> torch.dtype:

@@ -17,11 +17,15 @@ from blipkit.modeling.layers import lm_loss
 from blipkit.modeling.opt import OPT_KEYS, CachedOPTDecoder, OPTForCausalLM, opt_positions
 from blipkit.modeling.outputs import BaseModelOutputWithPooling, ModelOutput
 from blipkit.modeling.qformer import QFORMER_KEYS, Blip2QFormerModel, QFormerTextEmbeddings
+from blipkit.modeling.t5 import T5_KEYS, T5ForConditionalGeneration
 from blipkit.modeling.vision import VISION_KEYS, Blip2VisionModel
 
-# Most specific first: OPT's "decoder.layers.N.self_attn.q" must not be read as a Q-Former "layers.N.self_attn.q".
-BLIP2_KEYS = KeyMap(VISION_KEYS + OPT_KEYS + QFORMER_KEYS)
-LANGUAGE_MODELS = {"opt": OPTForCausalLM}
+LANGUAGE_MODELS = {"opt": OPTForCausalLM, "t5": T5ForConditionalGeneration}
+# Most specific first: a language model's "decoder.layers.N.self_attn.q" is not a Q-Former "layers.N.self_attn.q".
+# OPT and T5 both name our decoder layers "decoder.layers.N", so each gets its own table.
+LANGUAGE_MODEL_KEYS = {
+    kind: KeyMap(VISION_KEYS + keys + QFORMER_KEYS) for kind, keys in (("opt", OPT_KEYS), ("t5", T5_KEYS))
+}
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class _QueryReader(PreTrainedModel):
     """Parts shared by the BLIP-2 models that read an image through the Q-Former's query tokens."""
 
     config_class = Blip2Config
-    key_map = BLIP2_KEYS
+    key_map = KeyMap(VISION_KEYS + QFORMER_KEYS)
 
     def _read_image(self, image: torch.Tensor):
         """The Q-Former's output for image tokens; ``last_hidden_state`` is (batch, queries, width)."""
@@ -199,6 +203,7 @@ class _Blip2WithLanguageModel(_QueryReader):
         self.qformer = Blip2QFormerModel(config.qformer_config)
         self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
         self.language_model = LANGUAGE_MODELS[config.text_config.model_type](config.text_config)
+        self.key_map = LANGUAGE_MODEL_KEYS[config.text_config.model_type]
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.language_model.get_input_embeddings()
@@ -239,8 +244,12 @@ class _Blip2WithLanguageModel(_QueryReader):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
     ) -> Blip2ForConditionalGenerationModelOutput:
+        """The language model's logits for the prompt (OPT) or for the decoder's input (T5), and with ``labels``
+        the loss: OPT's over the last ``labels.shape[1]`` positions, T5's over the decoded labels."""
         image = self._image_prefix(pixel_values, interpolate_pos_encoding)
         if inputs_embeds is None:
             if input_ids is None:
@@ -249,10 +258,20 @@ class _Blip2WithLanguageModel(_QueryReader):
         inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image.pooler_output)
         if attention_mask is None:
             attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
-        loss = None
-        if labels is not None:
-            loss = lm_loss(out.logits[:, -labels.shape[1] :].float(), labels, label_smoothing=0.0)
+        if self.config.use_decoder_only_language_model:
+            out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+            loss = None
+            if labels is not None:
+                loss = lm_loss(out.logits[:, -labels.shape[1] :].float(), labels, label_smoothing=0.0)
+        else:
+            out = self.language_model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                decoder_input_ids=decoder_input_ids,
+                decoder_attention_mask=decoder_attention_mask,
+                labels=labels,
+            )
+            loss = out.loss
         return Blip2ForConditionalGenerationModelOutput(
             loss=loss,
             logits=out.logits,
@@ -274,7 +293,9 @@ class Blip2Model(_Blip2WithLanguageModel):
         return self._image_prefix(pixel_values, interpolate_pos_encoding).qformer_outputs.last_hidden_state
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        """The language model's last hidden states for text alone."""
+        """The language model's last hidden states for text alone (T5: its encoder's)."""
+        if not self.config.use_decoder_only_language_model:
+            return BaseModelOutputWithPooling(last_hidden_state=self.language_model.encode(input_ids, attention_mask))
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         decoder = self.language_model.decoder
@@ -307,16 +328,23 @@ class Blip2ForConditionalGeneration(_Blip2WithLanguageModel):
         generator: torch.Generator | None = None,
         **generate_kwargs,
     ) -> torch.Tensor:
-        """Ids of the prompt (image placeholders included) followed by the generated text, as the reference returns
-        them. Without ``input_ids`` the prompt is the image placeholders and the LM's bos token."""
+        """OPT: ids of the prompt (image placeholders included) followed by the generated text; T5: the decoder's
+        ids, from its start token. As the reference returns them. Without ``input_ids`` the prompt is the image
+        placeholders and the LM's bos token (OPT) or eos token (T5: what an empty text tokenizes to)."""
         features = self._image_prefix(pixel_values, interpolate_pos_encoding).pooler_output
         text = self.config.text_config
         if input_ids is None:
-            start = [self.config.image_token_index] * self.config.num_query_tokens + [text.bos_token_id]
+            end = text.bos_token_id if self.config.use_decoder_only_language_model else _first(text.eos_token_id)
+            start = [self.config.image_token_index] * self.config.num_query_tokens + [end]
             input_ids = torch.tensor([start], device=features.device).repeat(features.shape[0], 1)
         if attention_mask is None:  # the reference takes every prompt token as real here
             attention_mask = torch.ones_like(input_ids)
         embeds = self.merge_image_features(input_ids, self.get_input_embeddings()(input_ids), features)
+        if not self.config.use_decoder_only_language_model:
+            encoded = self.language_model.encode(attention_mask=attention_mask, inputs_embeds=embeds)
+            return self.language_model.generate_from_encoded(
+                encoded, attention_mask, self.generation_config, generator, generate_kwargs
+            )
         config = self.generation_config.updated(
             bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id
         ).updated(**generate_kwargs)
@@ -328,3 +356,7 @@ class Blip2ForConditionalGeneration(_Blip2WithLanguageModel):
         return search.generate(
             make_decoder, input_ids, attention_mask, config, text.max_position_embeddings, generator=generator
         )
+
+
+def _first(token_ids: int | list[int] | None) -> int | None:
+    return token_ids[0] if isinstance(token_ids, list) else token_ids

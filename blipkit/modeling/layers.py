@@ -43,22 +43,24 @@ class Attention(nn.Module):
         dropout: float = 0.0,
         scale: float | None = None,
         qkv_bias: bool | None = None,
+        head_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if dim % num_heads:
+        if head_dim is None and dim % num_heads:
             raise ValueError(f"hidden size {dim} is not a multiple of the number of attention heads {num_heads}")
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = head_dim or dim // num_heads  # T5 sets its own: heads * head_dim need not equal dim
+        inner = num_heads * self.head_dim
         self.dropout = dropout
         self.scale = scale  # None: SDPA's 1/sqrt(head_dim)
         in_bias = bias if qkv_bias is None else qkv_bias  # projections in may differ from the one out
         if fused_qkv:
-            self.qkv = nn.Linear(dim, 3 * dim, bias=in_bias)
+            self.qkv = nn.Linear(dim, 3 * inner, bias=in_bias)
         else:
-            self.q = nn.Linear(dim, dim, bias=in_bias)
-            self.k = nn.Linear(kv_dim or dim, dim, bias=in_bias)
-            self.v = nn.Linear(kv_dim or dim, dim, bias=in_bias)
-        self.o = nn.Linear(dim, dim, bias=bias)
+            self.q = nn.Linear(dim, inner, bias=in_bias)
+            self.k = nn.Linear(kv_dim or dim, inner, bias=in_bias)
+            self.v = nn.Linear(kv_dim or dim, inner, bias=in_bias)
+        self.o = nn.Linear(inner, dim, bias=bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         # (batch, tokens, dim) -> (batch, heads, tokens, head_dim)

@@ -98,3 +98,10 @@ class BlipImageTextMatchingModelOutput(ModelOutput):
     vision_pooler_output: torch.Tensor | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     question_embeds: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Seq2SeqLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None

@@ -81,7 +81,7 @@ def test_image_token_count_must_match(tmp_path):
 
 
 def test_unsupported_language_model_is_named():
-    with pytest.raises(blipkit.ConfigError, match="unsupported language model 'llama'; supported: opt"):
+    with pytest.raises(blipkit.ConfigError, match="unsupported language model 'llama'; supported: opt, t5"):
         blipkit.Blip2Config.from_dict({"text_config": {"model_type": "llama"}})
 
 
