@@ -127,11 +127,7 @@ class TextTokenizer:
     ) -> dict[str, Any]:
         """Encode one text or a batch: ``input_ids`` and ``attention_mask``, as lists or (``"pt"``) tensors."""
         texts = check_texts(text)
-        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
-        ids = [e.ids for e in encodings]
-        if truncation and truncation != "do_not_truncate":
-            limit = max_length if max_length is not None else self.model_max_length
-            ids = [_truncate(seq, limit, add_special_tokens and seq[-1:] == [self.sep_token_id]) for seq in ids]
+        ids = [e.ids for e in self._encode(texts, add_special_tokens, truncation, max_length)]
         if padding in (True, "longest", "max_length"):
             width = max(len(s) for s in ids)
             if padding == "max_length":
@@ -156,6 +152,19 @@ class TextTokenizer:
         if isinstance(text, str) and return_tensors is None:
             out = {k: v[0] for k, v in out.items()}
         return out
+
+    def _encode(self, texts: list[str], add_special_tokens: bool, truncation: bool | str, max_length: int | None):
+        if not truncation or truncation == "do_not_truncate":
+            return self._tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+        # The library truncates the text and then adds the special tokens ([CLS] ... [SEP], </s>), within the limit.
+        limit = max_length if max_length is not None else self.model_max_length
+        try:
+            self._tokenizer.enable_truncation(limit)
+            return self._tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+        except Exception as e:  # the tokenizers library raises a bare Exception
+            raise ValueError(f"cannot truncate to max_length={limit}: {e}") from e
+        finally:
+            self._tokenizer.no_truncation()
 
     # -------------------------------------------------------------------------------------------- decoding
     def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
@@ -233,15 +242,6 @@ def check_texts(text: Any) -> list[str]:
             raise TypeError(f"text must be strings; item {bad[0]} is {type(text[bad[0]]).__name__}")
         return list(text)
     raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}")
-
-
-def _truncate(ids: list[int], limit: int, keep_last: bool) -> list[int]:
-    """Cut to ``limit`` tokens, keeping the closing [SEP] as the reference does."""
-    if len(ids) <= limit:
-        return ids
-    if keep_last and limit >= 2:
-        return ids[: limit - 1] + ids[-1:]
-    return ids[:limit]
 
 
 def _token_content(token: Any) -> str | None:

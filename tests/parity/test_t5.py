@@ -63,6 +63,20 @@ def test_t5_logits_and_loss(tmp_path, variant):
     )
 
 
+@torch.no_grad()
+def test_t5_cached_greedy_decoding_equals_full_forward_decoding(tmp_path):
+    # A decoder deeper than the encoder: the reference cannot generate with it (its cache is sized for the encoder).
+    reference_t5(tmp_path, **FLAN, num_decoder_layers=3)
+    ours = blipkit.T5ForConditionalGeneration.from_pretrained(tmp_path)
+    generated = ours.generate(**encoder_inputs(), max_new_tokens=6)
+    ids = torch.zeros(2, 1, dtype=torch.long)
+    for _ in range(6):
+        ids = torch.cat(
+            [ids, ours(**encoder_inputs(), decoder_input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], 1
+        )
+    assert generated.tolist() == ids.tolist()  # (no row reaches </s> within 6 tokens here)
+
+
 T5_SETTINGS = [
     {"max_new_tokens": 8},
     {},
