@@ -1,4 +1,4 @@
-"""A small T5-style SentencePiece-unigram tokenizer (T5's special tokens, ids and pipeline), trained with `tokenizers`."""
+"""A small T5-style unigram tokenizer (T5's special tokens, ids and pipeline), built with `tokenizers`."""
 
 from __future__ import annotations
 
