@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import BlipTextConfig
 from blipkit.generation.cache import KVCache
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, activation, additive_mask, lm_loss
+from blipkit.modeling.layers import MLP, Attention, activation, additive_mask, attention_ready, linear, lm_loss
 from blipkit.modeling.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -184,7 +183,7 @@ class LMHead(nn.Module):
         x = self.norm(self.act(self.dense(x)))
         if self.decoder is not None:
             return self.decoder(x)
-        return F.linear(x, word_embeddings, self.bias)
+        return linear(x, word_embeddings, self.bias)
 
 
 class BlipTextLMHeadModel(PreTrainedModel):
@@ -260,7 +259,7 @@ class CachedTextDecoder:
     ) -> None:
         self.model = model
         layers = model.bert.layers
-        self.context_kv = [layer.cross_attn.project_kv(context) for layer in layers]
+        self.context_kv = [attention_ready(layer.cross_attn.project_kv(context)) for layer in layers]
         self.context_mask = None
         if model.bert.mask_cross_attention and context_mask is not None:
             self.context_mask = additive_mask(context_mask, 1, context.dtype)

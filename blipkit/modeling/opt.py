@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import OPTConfig
 from blipkit.generation.cache import KVCache
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, boolean_mask, lm_loss
+from blipkit.modeling.layers import MLP, Attention, Linear, boolean_mask, linear, lm_loss
 from blipkit.modeling.outputs import CausalLMOutputWithCrossAttentions
 
 OPT_KEYS = [
@@ -56,8 +55,8 @@ class OPTDecoder(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, proj)
         self.embed_positions = nn.Embedding(config.max_position_embeddings + POSITION_OFFSET, dim)
         # OPT-350m embeds in a narrower space and projects in and out of the model width.
-        self.project_in = nn.Linear(proj, dim, bias=False) if proj != dim else None
-        self.project_out = nn.Linear(dim, proj, bias=False) if proj != dim else None
+        self.project_in = Linear(proj, dim, bias=False) if proj != dim else None
+        self.project_out = Linear(dim, proj, bias=False) if proj != dim else None
         has_final_norm = config.do_layer_norm_before and not config._remove_final_layer_norm
         self.final_layer_norm = (
             nn.LayerNorm(dim, elementwise_affine=config.layer_norm_elementwise_affine) if has_final_norm else None
@@ -100,7 +99,7 @@ class OPTForCausalLM(PreTrainedModel):
         super().__init__(config)
         self.decoder = OPTDecoder(config)
         self.lm_head = (
-            None if config.tie_word_embeddings else nn.Linear(config.word_embed_proj_dim, config.vocab_size, bias=False)
+            None if config.tie_word_embeddings else Linear(config.word_embed_proj_dim, config.vocab_size, bias=False)
         )
 
     @property
@@ -112,7 +111,7 @@ class OPTForCausalLM(PreTrainedModel):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.decoder.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        return linear(hidden, weight)
 
     def forward(
         self,

@@ -15,7 +15,7 @@ from blipkit.generation import search
 from blipkit.generation.cache import KVCache
 from blipkit.generation.config import GenerationConfig
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import Attention, activation, additive_mask, boolean_mask
+from blipkit.modeling.layers import Attention, Linear, activation, additive_mask, attention_ready, boolean_mask
 from blipkit.modeling.outputs import Seq2SeqLMOutput
 
 
@@ -72,11 +72,11 @@ class T5MLP(nn.Module):
         super().__init__()
         self.gated = config.is_gated_act
         if self.gated:
-            self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
-            self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
+            self.wi_0 = Linear(config.d_model, config.d_ff, bias=False)
+            self.wi_1 = Linear(config.d_model, config.d_ff, bias=False)
         else:
-            self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
-        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+            self.wi = Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = Linear(config.d_ff, config.d_model, bias=False)
         self.act = activation(config.dense_act_fn)
         self.dropout = nn.Dropout(config.dropout_rate)
 
@@ -192,7 +192,7 @@ class T5ForConditionalGeneration(PreTrainedModel):
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
         self.encoder = T5Stack(config, decoder=False)
         self.decoder = T5Stack(config, decoder=True)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         self.generation_config = GenerationConfig()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -308,7 +308,7 @@ class CachedT5Decoder:
     ) -> None:
         self.model = model
         layers = model.decoder.layers
-        self.context_kv = [layer.cross_attn.project_kv(context) for layer in layers]
+        self.context_kv = [attention_ready(layer.cross_attn.project_kv(context)) for layer in layers]
         self.context_mask = context_mask
         attn = layers[0].self_attn
         self.caches = [

@@ -1,0 +1,79 @@
+"""bfloat16: blipkit's bf16 output is as close to the float32 truth as the reference's bf16 output is.
+
+On CPUs without bf16 matrix instructions blipkit multiplies many-row products in float32 (see
+``layers.UPCAST_MIN_ROWS``); both that path and the plain bf16 path are checked, whatever this machine has.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import blipkit
+from blipkit.modeling import layers
+from tests.parity.test_blip2 import prompt_inputs, reference_blip2
+from tests.parity.test_t5 import blip2_inputs, reference_blip2_t5
+from tests.reference import IMAGE_SIZE, save_reference
+
+
+@pytest.fixture(params=["upcast", "native"])
+def matmul_path(request, monkeypatch):
+    monkeypatch.setattr(layers, "_SLOW_LOW_PRECISION", True)
+    monkeypatch.setattr(layers, "UPCAST_MIN_ROWS", 1 if request.param == "upcast" else 10**9)
+    return request.param
+
+
+def assert_as_accurate(ours_bf16, reference_bf16, truth):
+    """Our error against float32 is within 1.5x the reference's (and never more than bf16 noise)."""
+    ours_error = (ours_bf16.float() - truth).abs().max()
+    reference_error = (reference_bf16.float() - truth).abs().max()
+    assert ours_error <= 1.5 * reference_error + 1e-3 * truth.abs().max(), (ours_error, reference_error)
+    assert ours_error < 0.05 * truth.abs().max()
+
+
+@torch.no_grad()
+def test_blip_caption_logits_in_bf16(tmp_path, matmul_path):
+    import transformers
+
+    save_reference("BlipForConditionalGeneration", tmp_path)
+    pixels = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[30522, 1037, 3861, 1997, 102], [30522, 1037, 4937, 102, 0]])
+    mask = (ids != 0).long()
+    outputs = {}
+    for name, load in (
+        ("ours", blipkit.BlipForConditionalGeneration),
+        ("ref", transformers.BlipForConditionalGeneration),
+    ):
+        for dtype in (torch.float32, torch.bfloat16):
+            model = load.from_pretrained(tmp_path, dtype=dtype).eval()
+            outputs[name, dtype] = model(pixel_values=pixels.to(dtype), input_ids=ids, attention_mask=mask).logits
+    assert outputs["ours", torch.bfloat16].dtype == torch.bfloat16
+    assert_as_accurate(outputs["ours", torch.bfloat16], outputs["ref", torch.bfloat16], outputs["ref", torch.float32])
+    ours = blipkit.BlipForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert ours.generate(pixels.to(torch.bfloat16), max_new_tokens=4).shape == (2, 5)  # cached decoding runs
+
+
+@pytest.mark.parametrize("language_model", ["opt", "t5"])
+@torch.no_grad()
+def test_blip2_logits_in_bf16(tmp_path, matmul_path, language_model):
+    import transformers
+
+    if language_model == "opt":
+        reference_blip2(tmp_path)
+        inputs = prompt_inputs()
+    else:
+        reference_blip2_t5(tmp_path)
+        inputs = {**blip2_inputs(), "decoder_input_ids": torch.tensor([[0, 5, 9], [0, 8, 2]])}
+    outputs = {}
+    for name, load in (("ours", blipkit), ("ref", transformers)):
+        for dtype in (torch.float32, torch.bfloat16):
+            model = load.Blip2ForConditionalGeneration.from_pretrained(tmp_path, dtype=dtype).eval()
+            run = {**inputs, "pixel_values": inputs["pixel_values"].to(dtype)}
+            outputs[name, dtype] = model(**run).logits
+    real = slice(None) if language_model == "t5" else inputs["attention_mask"].bool()
+    assert_as_accurate(
+        outputs["ours", torch.bfloat16][real], outputs["ref", torch.bfloat16][real], outputs["ref", torch.float32][real]
+    )
+    ours = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    run = {k: v for k, v in inputs.items() if k != "decoder_input_ids"}
+    assert ours.generate(**run | {"pixel_values": run["pixel_values"].bfloat16()}, max_new_tokens=3).shape[0] == 2
