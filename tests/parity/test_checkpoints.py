@@ -215,3 +215,37 @@ def test_meta_loading_allocates_no_random_weights(caption_dir, monkeypatch):
         monkeypatch.setattr(torch.nn.init, name, spy)
     blipkit.BlipForConditionalGeneration.from_pretrained(caption_dir)
     assert touched and all(touched)
+
+
+def test_weights_are_mapped_copy_on_write(tmp_path, caption_dir):
+    """Loaded weights share the file's pages; writing to one (fine-tuning) never writes to the checkpoint."""
+    model = blipkit.BlipForConditionalGeneration.from_pretrained(caption_dir)
+    weight = model.vision_model.post_layernorm.weight
+    original = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1.0)
+    again = blipkit.BlipForConditionalGeneration.from_pretrained(caption_dir)
+    assert torch.equal(again.vision_model.post_layernorm.weight, original)
+
+
+def _write_safetensors(path, header: bytes, data: bytes = b"") -> None:
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        (b"[1, 2]", "not a readable safetensors file \\(the header is not a JSON object\\)"),
+        (b"{not json", "not a readable safetensors file \\(unreadable header"),
+        (b'{"w": {"dtype": "F32", "shape": [2]}}', "bad header entry for w"),
+        (b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}', "w lies outside the file"),
+        (b'{"w": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}', "w has dtype 'C64', which blipkit cannot"),
+    ],
+)
+def test_malformed_safetensors_are_named(tmp_path, caption_dir, header, message):
+    import shutil
+
+    shutil.copy(caption_dir / "config.json", tmp_path)
+    _write_safetensors(tmp_path / "model.safetensors", header, b"\0" * 8)
+    with pytest.raises(CheckpointError, match=message):
+        blipkit.BlipForConditionalGeneration.from_pretrained(tmp_path)

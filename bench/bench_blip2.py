@@ -1,0 +1,107 @@
+"""BLIP-2 OPT-2.7b, batch 1, bfloat16: peak memory and time from a cold process to the first caption.
+
+    .venv/bin/python bench/bench_blip2.py               # blipkit and the reference, one fresh process each
+    .venv/bin/python bench/bench_blip2.py --only blipkit
+
+A random checkpoint with blip2-opt-2.7b's shapes (7.75 GB in bfloat16, sharded as the Hub's are) is built once in
+bench/.cache. Each implementation then runs in its own fresh Python process - so its peak RSS is its own - which
+imports torch, loads the checkpoint in bfloat16, and generates a 20-token caption (fixed length: both do the same
+work) after a "Question: ... Answer:" prompt. Printed: load time, time to the first caption (from process start,
+imports included), peak RSS, and peak RSS over the size of the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CACHE = Path(__file__).parent / ".cache" / "blip2-opt-2.7b"
+IMAGE_TOKEN = 50265
+OPT_2_7B = {"model_type": "opt", "hidden_size": 2560, "num_hidden_layers": 32, "ffn_dim": 10240,
+            "num_attention_heads": 32, "vocab_size": 50304, "word_embed_proj_dim": 2560}  # fmt: skip
+
+CHILD = r"""
+import json, resource, sys, time
+start = time.perf_counter()
+import torch
+implementation, path, image_token = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if implementation == "blipkit":
+    import blipkit as library
+else:
+    import transformers as library
+model = library.Blip2ForConditionalGeneration.from_pretrained(path, dtype=torch.bfloat16).eval()
+loaded = time.perf_counter() - start
+pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+prompt = [image_token] * 32 + [2, 24361, 35, 99, 16, 11, 42, 116, 31652, 35]  # </s>Question: what is in this? Answer:
+ids = torch.tensor([prompt])
+with torch.inference_mode():
+    out = model.generate(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids),
+                         max_new_tokens=20, min_new_tokens=20, do_sample=False)
+total = time.perf_counter() - start
+weights = sum(p.numel() * p.element_size() for p in model.parameters())
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"load_s": loaded, "first_caption_s": total, "peak_rss": peak, "weights": weights,
+                  "new_tokens": out.shape[1] - ids.shape[1]}))
+"""
+
+
+def build_checkpoint() -> Path:
+    """Random bf16 weights with blip2-opt-2.7b's shapes, saved by blipkit in the reference's layout."""
+    if (CACHE / "config.json").exists():
+        return CACHE
+    import torch
+
+    import blipkit
+
+    config = blipkit.Blip2Config.from_dict(
+        {"text_config": OPT_2_7B, "num_query_tokens": 32, "image_token_index": IMAGE_TOKEN}
+    )
+    with torch.device("meta"):
+        model = blipkit.Blip2ForConditionalGeneration(config)
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            values = torch.empty(param.shape, dtype=torch.bfloat16).normal_(0, 0.02, generator=generator)
+            if name == "weight" and param.ndim == 1:  # layer norms near one keep activations in range
+                values += 1
+            setattr(module, name, torch.nn.Parameter(values, requires_grad=False))
+    model.save_pretrained(CACHE, max_shard_size="2GB")
+    return CACHE
+
+
+def run(implementation: str, path: Path) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, implementation, str(path), str(IMAGE_TOKEN)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{implementation} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["blipkit", "reference"])
+    args = parser.parse_args()
+    path = build_checkpoint()
+    print("| implementation | load s | first caption s | peak RSS GB | weights GB | peak / weights |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for implementation in ("reference", "blipkit"):
+        if args.only and implementation != args.only:
+            continue
+        r = run(implementation, path)
+        assert r["new_tokens"] == 20, r
+        print(
+            f"| {implementation} | {r['load_s']:.1f} | {r['first_caption_s']:.1f} | {r['peak_rss'] / 1e9:.2f} | "
+            f"{r['weights'] / 1e9:.2f} | {r['peak_rss'] / r['weights']:.2f}x |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
