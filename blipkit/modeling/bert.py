@@ -9,7 +9,16 @@ from blipkit.checkpoint import KeyMap
 from blipkit.configs import BlipTextConfig
 from blipkit.generation.cache import KVCache
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, activation, additive_mask, attention_ready, linear, lm_loss
+from blipkit.modeling.layers import (
+    MLP,
+    Attention,
+    Embedding,
+    activation,
+    additive_mask,
+    attention_ready,
+    linear,
+    lm_loss,
+)
 from blipkit.modeling.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -40,8 +49,8 @@ TEXT_KEYS = [
 class TextEmbeddings(nn.Module):
     def __init__(self, config: BlipTextConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.word_embeddings = Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = Embedding(config.max_position_embeddings, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 

@@ -21,10 +21,12 @@ ACTIVATIONS = {
 
 # CPUs without bf16/fp16 matrix instructions (no AVX512-BF16, no AMX) multiply those types several times slower
 # than float32: measured on a 2-core AVX2 machine, a (257 x 2560) @ (2560 x 10240) product ran at 22 GFLOP/s in
-# bfloat16 and 133 in float32. Products with many rows are then computed in float32 from a float32 copy of the
-# weight (made in a reused buffer: the copy costs far less than the product); a few rows (a decode step) stay in
-# the weight's dtype, where reading half the bytes wins.
+# bfloat16 and 133 in float32. Products with many rows are then computed in float32 from float32 copies of the
+# weight, a slice of input features at a time in a reused buffer (so the copies cost little time and at most
+# UPCAST_BUFFER_ELEMENTS of memory); a few rows (a decode step) stay in the weight's dtype, where reading half
+# the bytes wins.
 UPCAST_MIN_ROWS = 32
+UPCAST_BUFFER_ELEMENTS = 4 * 2**20
 _SLOW_LOW_PRECISION = not any(
     getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 )
@@ -43,11 +45,20 @@ def _float32_copy(weight: torch.Tensor) -> torch.Tensor:
     return buffer[: weight.numel()].view(weight.shape).copy_(weight)
 
 
+def _float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1]).float()
+    out = torch.zeros(rows.shape[0], weight.shape[0]) if bias is None else bias.float().expand(rows.shape[0], -1)
+    out = out.contiguous()
+    step = max(1, UPCAST_BUFFER_ELEMENTS // weight.shape[0])
+    for start in range(0, weight.shape[1], step):
+        out.addmm_(rows[:, start : start + step], _float32_copy(weight[:, start : start + step]).t())
+    return out.view(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``, computed in float32 where the weight's low precision would be slow for this many rows."""
     if computes_low_precision_slowly(weight) and x.numel() >= UPCAST_MIN_ROWS * x.shape[-1]:
-        bias = bias.float() if bias is not None else None
-        return F.linear(x.float(), _float32_copy(weight), bias).to(x.dtype)
+        return _float32_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -64,6 +75,15 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Embedding):
+    """``nn.Embedding`` that skips its random initialisation on the meta device, where models are built before
+    loading: ``normal_`` on a meta tensor imports sympy (70 MB of memory and a second of time, for nothing)."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
 
 
 def activation(name: str):

@@ -9,7 +9,7 @@ from blipkit.checkpoint import KeyMap
 from blipkit.configs import OPTConfig
 from blipkit.generation.cache import KVCache
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, Linear, boolean_mask, linear, lm_loss
+from blipkit.modeling.layers import MLP, Attention, Embedding, Linear, boolean_mask, linear, lm_loss
 from blipkit.modeling.outputs import CausalLMOutputWithCrossAttentions
 
 OPT_KEYS = [
@@ -52,8 +52,8 @@ class OPTDecoder(nn.Module):
     def __init__(self, config: OPTConfig) -> None:
         super().__init__()
         dim, proj = config.hidden_size, config.word_embed_proj_dim
-        self.embed_tokens = nn.Embedding(config.vocab_size, proj)
-        self.embed_positions = nn.Embedding(config.max_position_embeddings + POSITION_OFFSET, dim)
+        self.embed_tokens = Embedding(config.vocab_size, proj)
+        self.embed_positions = Embedding(config.max_position_embeddings + POSITION_OFFSET, dim)
         # OPT-350m embeds in a narrower space and projects in and out of the model width.
         self.project_in = Linear(proj, dim, bias=False) if proj != dim else None
         self.project_out = Linear(dim, proj, bias=False) if proj != dim else None

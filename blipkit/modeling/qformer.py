@@ -12,7 +12,7 @@ from torch import nn
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import Blip2QFormerConfig
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, additive_mask
+from blipkit.modeling.layers import MLP, Attention, Embedding, additive_mask
 from blipkit.modeling.outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
 QFORMER_KEYS = [
@@ -85,8 +85,8 @@ class QFormerTextEmbeddings(nn.Module):
 
     def __init__(self, config: Blip2QFormerConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.word_embeddings = Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = Embedding(config.max_position_embeddings, config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor, query_embeds: torch.Tensor | None = None) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)

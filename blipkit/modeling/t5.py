@@ -15,7 +15,15 @@ from blipkit.generation import search
 from blipkit.generation.cache import KVCache
 from blipkit.generation.config import GenerationConfig
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import Attention, Linear, activation, additive_mask, attention_ready, boolean_mask
+from blipkit.modeling.layers import (
+    Attention,
+    Embedding,
+    Linear,
+    activation,
+    additive_mask,
+    attention_ready,
+    boolean_mask,
+)
 from blipkit.modeling.outputs import Seq2SeqLMOutput
 
 
@@ -133,7 +141,7 @@ class T5Stack(nn.Module):
         self.is_decoder = decoder
         self.num_buckets = config.relative_attention_num_buckets
         self.max_distance = config.relative_attention_max_distance
-        self.relative_attention_bias = nn.Embedding(self.num_buckets, config.num_heads)
+        self.relative_attention_bias = Embedding(self.num_buckets, config.num_heads)
         count = config.num_decoder_layers if decoder else config.num_layers
         self.layers = nn.ModuleList(T5Layer(config, cross_attention=decoder) for _ in range(count))
         self.final_layer_norm = nn.RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
@@ -189,7 +197,7 @@ class T5ForConditionalGeneration(PreTrainedModel):
 
     def __init__(self, config: T5Config) -> None:
         super().__init__(config)
-        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.shared = Embedding(config.vocab_size, config.d_model)
         self.encoder = T5Stack(config, decoder=False)
         self.decoder = T5Stack(config, decoder=True)
         self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)

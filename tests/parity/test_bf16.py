@@ -20,6 +20,7 @@ from tests.reference import IMAGE_SIZE, save_reference
 def matmul_path(request, monkeypatch):
     monkeypatch.setattr(layers, "_SLOW_LOW_PRECISION", True)
     monkeypatch.setattr(layers, "UPCAST_MIN_ROWS", 1 if request.param == "upcast" else 10**9)
+    monkeypatch.setattr(layers, "UPCAST_BUFFER_ELEMENTS", 300)  # several slices per weight
     return request.param
 
 
