@@ -7,7 +7,7 @@ from torch import nn
 
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import BlipTextConfig
-from blipkit.generation.cache import KVCache
+from blipkit.generation.cache import KVCache, LayerCaches
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import (
     MLP,
@@ -272,10 +272,7 @@ class CachedTextDecoder:
         self.context_mask = None
         if model.bert.mask_cross_attention and context_mask is not None:
             self.context_mask = additive_mask(context_mask, 1, context.dtype)
-        attn = layers[0].self_attn
-        self.caches = [
-            KVCache(rows, attn.num_heads, max_length, attn.head_dim, context.dtype, context.device) for _ in layers
-        ]
+        self.caches = LayerCaches(layers, rows, max_length, context.dtype, context.device)
 
     def __call__(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -288,8 +285,7 @@ class CachedTextDecoder:
         return self.model.head(x[:, -1], self.model.bert.embeddings.word_embeddings.weight)
 
     def reorder(self, rows: torch.Tensor) -> None:
-        for cache in self.caches:
-            cache.reorder(rows)
+        self.caches.reorder(rows)
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:

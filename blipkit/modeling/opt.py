@@ -7,7 +7,7 @@ from torch import nn
 
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import OPTConfig
-from blipkit.generation.cache import KVCache
+from blipkit.generation.cache import KVCache, LayerCaches
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import MLP, Attention, Embedding, Linear, boolean_mask, linear, lm_loss
 from blipkit.modeling.outputs import CausalLMOutputWithCrossAttentions
@@ -147,12 +147,8 @@ class CachedOPTDecoder:
     def __init__(self, model: OPTForCausalLM, rows: int, max_length: int, prefix_embeds: torch.Tensor | None) -> None:
         self.model = model
         self.prefix_embeds = prefix_embeds
-        attn = model.decoder.layers[0].self_attn
         weight = model.decoder.embed_tokens.weight
-        self.caches = [
-            KVCache(rows, attn.num_heads, max_length, attn.head_dim, weight.dtype, weight.device)
-            for _ in model.decoder.layers
-        ]
+        self.caches = LayerCaches(model.decoder.layers, rows, max_length, weight.dtype, weight.device)
 
     def __call__(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -165,5 +161,4 @@ class CachedOPTDecoder:
         return self.model.logits(hidden[:, -1])
 
     def reorder(self, rows: torch.Tensor) -> None:
-        for cache in self.caches:
-            cache.reorder(rows)
+        self.caches.reorder(rows)

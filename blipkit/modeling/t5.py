@@ -12,7 +12,7 @@ from torch import nn
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import T5Config
 from blipkit.generation import search
-from blipkit.generation.cache import KVCache
+from blipkit.generation.cache import KVCache, LayerCaches
 from blipkit.generation.config import GenerationConfig
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import (
@@ -318,10 +318,7 @@ class CachedT5Decoder:
         layers = model.decoder.layers
         self.context_kv = [attention_ready(layer.cross_attn.project_kv(context)) for layer in layers]
         self.context_mask = context_mask
-        attn = layers[0].self_attn
-        self.caches = [
-            KVCache(rows, attn.num_heads, max_length, attn.head_dim, context.dtype, context.device) for _ in layers
-        ]
+        self.caches = LayerCaches(layers, rows, max_length, context.dtype, context.device)
 
     def __call__(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -335,5 +332,4 @@ class CachedT5Decoder:
         return self.model.logits(hidden[:, -1])
 
     def reorder(self, rows: torch.Tensor) -> None:
-        for cache in self.caches:
-            cache.reorder(rows)
+        self.caches.reorder(rows)
