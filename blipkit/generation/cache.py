@@ -34,15 +34,3 @@ class KVCache:
         """Row i takes the history of row ``rows[i]`` (beam search keeps the best continuations)."""
         self.keys[:, :, : self.length] = self.keys[rows, :, : self.length]
         self.values[:, :, : self.length] = self.values[rows, :, : self.length]
-
-
-class LayerCaches(list):
-    """One ``KVCache`` per decoder layer, sized from the layers' self-attention; reordered together for beams."""
-
-    def __init__(self, layers, rows: int, max_length: int, dtype: torch.dtype, device: torch.device) -> None:
-        attn = layers[0].self_attn
-        super().__init__(KVCache(rows, attn.num_heads, max_length, attn.head_dim, dtype, device) for _ in layers)
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        for cache in self:
-            cache.reorder(rows)

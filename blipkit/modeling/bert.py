@@ -7,15 +7,15 @@ from torch import nn
 
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import BlipTextConfig
-from blipkit.generation.cache import KVCache, LayerCaches
+from blipkit.generation.cache import KVCache
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import (
     MLP,
     Attention,
     Embedding,
+    StepDecoder,
     activation,
     additive_mask,
-    attention_ready,
     linear,
     lm_loss,
 )
@@ -250,7 +250,7 @@ class BlipTextLMHeadModel(PreTrainedModel):
         return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
-class CachedTextDecoder:
+class CachedTextDecoder(StepDecoder):
     """Runs a ``BlipTextLMHeadModel`` one step at a time for generation.
 
     Self-attention keys/values go to preallocated caches; cross-attention keys/values over the context (image or
@@ -266,13 +266,11 @@ class CachedTextDecoder:
         rows: int,
         max_length: int,
     ) -> None:
+        super().__init__(model.bert.layers, rows, max_length, context.dtype, context.device, context)
         self.model = model
-        layers = model.bert.layers
-        self.context_kv = [attention_ready(layer.cross_attn.project_kv(context)) for layer in layers]
         self.context_mask = None
         if model.bert.mask_cross_attention and context_mask is not None:
             self.context_mask = additive_mask(context_mask, 1, context.dtype)
-        self.caches = LayerCaches(layers, rows, max_length, context.dtype, context.device)
 
     def __call__(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -283,9 +281,6 @@ class CachedTextDecoder:
         for layer, cache, context_kv in zip(self.model.bert.layers, self.caches, self.context_kv, strict=True):
             x = layer(x, mask, context_mask=self.context_mask, cache=cache, context_kv=context_kv)
         return self.model.head(x[:, -1], self.model.bert.embeddings.word_embeddings.weight)
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        self.caches.reorder(rows)
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blipkit.generation.cache import KVCache
+
 ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -68,6 +70,31 @@ def attention_ready(kv: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
     if not computes_low_precision_slowly(kv[0]):
         return kv
     return kv[0].float(), kv[1].float()
+
+
+class StepDecoder:
+    """Base of the one-step-at-a-time decoders generation drives: a preallocated KV cache per layer, reordered
+    together for beam search, and - for decoders that cross-attend - the context's keys and values, projected
+    once and shared by every row (beam, sample) that decodes from it, never copied."""
+
+    def __init__(
+        self,
+        layers: nn.ModuleList,
+        rows: int,
+        max_length: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        context: torch.Tensor | None = None,
+    ) -> None:
+        attn = layers[0].self_attn
+        self.caches = [KVCache(rows, attn.num_heads, max_length, attn.head_dim, dtype, device) for _ in layers]
+        self.context_kv = None
+        if context is not None:
+            self.context_kv = [attention_ready(layer.cross_attn.project_kv(context)) for layer in layers]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        for cache in self.caches:
+            cache.reorder(rows)
 
 
 class Linear(nn.Linear):

@@ -7,9 +7,9 @@ from torch import nn
 
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import OPTConfig
-from blipkit.generation.cache import KVCache, LayerCaches
+from blipkit.generation.cache import KVCache
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, Embedding, Linear, boolean_mask, linear, lm_loss
+from blipkit.modeling.layers import MLP, Attention, Embedding, Linear, StepDecoder, boolean_mask, linear, lm_loss
 from blipkit.modeling.outputs import CausalLMOutputWithCrossAttentions
 
 OPT_KEYS = [
@@ -140,15 +140,15 @@ class OPTForCausalLM(PreTrainedModel):
         return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits)
 
 
-class CachedOPTDecoder:
+class CachedOPTDecoder(StepDecoder):
     """Runs ``OPTForCausalLM`` one step at a time for generation; the first step may take embeddings (BLIP-2's
     image prefix and prompt) instead of token ids."""
 
     def __init__(self, model: OPTForCausalLM, rows: int, max_length: int, prefix_embeds: torch.Tensor | None) -> None:
+        weight = model.decoder.embed_tokens.weight
+        super().__init__(model.decoder.layers, rows, max_length, weight.dtype, weight.device)
         self.model = model
         self.prefix_embeds = prefix_embeds
-        weight = model.decoder.embed_tokens.weight
-        self.caches = LayerCaches(model.decoder.layers, rows, max_length, weight.dtype, weight.device)
 
     def __call__(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -159,6 +159,3 @@ class CachedOPTDecoder:
             embeds = self.model.decoder.embed_tokens(input_ids)
         hidden = self.model.decoder(embeds, attention_mask, position_ids, self.caches)
         return self.model.logits(hidden[:, -1])
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        self.caches.reorder(rows)

@@ -12,16 +12,16 @@ from torch import nn
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import T5Config
 from blipkit.generation import search
-from blipkit.generation.cache import KVCache, LayerCaches
+from blipkit.generation.cache import KVCache
 from blipkit.generation.config import GenerationConfig
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import (
     Attention,
     Embedding,
     Linear,
+    StepDecoder,
     activation,
     additive_mask,
-    attention_ready,
     boolean_mask,
 )
 from blipkit.modeling.outputs import Seq2SeqLMOutput
@@ -302,7 +302,7 @@ class T5ForConditionalGeneration(PreTrainedModel):
         return search.generate(make_decoder, prompt, torch.ones_like(prompt), config, None, generator=generator)
 
 
-class CachedT5Decoder:
+class CachedT5Decoder(StepDecoder):
     """Runs T5's decoder one step at a time: self-attention caches, and the encoder output's keys and values
     projected once and shared by every row (beam, sample) decoding from it."""
 
@@ -314,11 +314,9 @@ class CachedT5Decoder:
         rows: int,
         max_length: int,
     ) -> None:
+        super().__init__(model.decoder.layers, rows, max_length, context.dtype, context.device, context)
         self.model = model
-        layers = model.decoder.layers
-        self.context_kv = [attention_ready(layer.cross_attn.project_kv(context)) for layer in layers]
         self.context_mask = context_mask
-        self.caches = LayerCaches(layers, rows, max_length, context.dtype, context.device)
 
     def __call__(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -330,6 +328,3 @@ class CachedT5Decoder:
             context_kv=self.context_kv,
         )  # fmt: skip
         return self.model.logits(hidden[:, -1])
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        self.caches.reorder(rows)
