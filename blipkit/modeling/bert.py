@@ -16,9 +16,9 @@ from blipkit.modeling.layers import (
     StepDecoder,
     activation,
     additive_mask,
-    linear,
     lm_loss,
 )
+from blipkit.modeling.linear import Linear, linear
 from blipkit.modeling.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -175,13 +175,13 @@ class LMHead(nn.Module):
 
     def __init__(self, config: BlipTextConfig, tied: bool) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.act = activation(config.hidden_act)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         # Tied (every released checkpoint): the projection is the word embeddings plus this bias. Untied: the
         # reference projects with its own decoder weight and bias, and keeps (and saves) this bias unused.
         self.bias = nn.Parameter(torch.empty(config.vocab_size))
-        self.decoder = None if tied else nn.Linear(config.hidden_size, config.vocab_size)
+        self.decoder = None if tied else Linear(config.hidden_size, config.vocab_size)
 
     @property
     def tied_suffixes(self) -> tuple[str, ...]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from blipkit.generation.cache import KVCache
+from blipkit.modeling.linear import Linear, computes_low_precision_slowly
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -19,49 +18,6 @@ ACTIVATIONS = {
     "silu": F.silu,
     "swish": F.silu,
 }
-
-
-# CPUs without bf16/fp16 matrix instructions (no AVX512-BF16, no AMX) multiply those types several times slower
-# than float32: measured on a 2-core AVX2 machine, a (257 x 2560) @ (2560 x 10240) product ran at 22 GFLOP/s in
-# bfloat16 and 133 in float32. Products with many rows are then computed in float32 from float32 copies of the
-# weight, a slice of input features at a time in a reused buffer (so the copies cost little time and at most
-# UPCAST_BUFFER_ELEMENTS of memory); a few rows (a decode step) stay in the weight's dtype, where reading half
-# the bytes wins.
-UPCAST_MIN_ROWS = 32
-UPCAST_BUFFER_ELEMENTS = 4 * 2**20
-_SLOW_LOW_PRECISION = not any(
-    getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-)
-_scratch = threading.local()
-
-
-def computes_low_precision_slowly(t: torch.Tensor) -> bool:
-    """Whether arithmetic on ``t``'s dtype and device is much faster done in float32 (see UPCAST_MIN_ROWS)."""
-    return t.dtype in (torch.bfloat16, torch.float16) and t.device.type == "cpu" and _SLOW_LOW_PRECISION
-
-
-def _float32_copy(weight: torch.Tensor) -> torch.Tensor:
-    buffer = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.numel() < weight.numel():
-        buffer = _scratch.buffer = torch.empty(weight.numel(), dtype=torch.float32)
-    return buffer[: weight.numel()].view(weight.shape).copy_(weight)
-
-
-def _float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    rows = x.reshape(-1, x.shape[-1]).float()
-    out = torch.zeros(rows.shape[0], weight.shape[0]) if bias is None else bias.float().expand(rows.shape[0], -1)
-    out = out.contiguous()
-    step = max(1, UPCAST_BUFFER_ELEMENTS // weight.shape[0])
-    for start in range(0, weight.shape[1], step):
-        out.addmm_(rows[:, start : start + step], _float32_copy(weight[:, start : start + step]).t())
-    return out.view(*x.shape[:-1], weight.shape[0]).to(x.dtype)
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``, computed in float32 where the weight's low precision would be slow for this many rows."""
-    if computes_low_precision_slowly(weight) and x.numel() >= UPCAST_MIN_ROWS * x.shape[-1]:
-        return _float32_linear(x, weight, bias)
-    return F.linear(x, weight, bias)
 
 
 def attention_ready(kv: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,13 +51,6 @@ class StepDecoder:
     def reorder(self, rows: torch.Tensor) -> None:
         for cache in self.caches:
             cache.reorder(rows)
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and keys) on ``linear``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
 
 
 class Embedding(nn.Embedding):

@@ -9,7 +9,8 @@ from blipkit.checkpoint import KeyMap
 from blipkit.configs import OPTConfig
 from blipkit.generation.cache import KVCache
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, Embedding, Linear, StepDecoder, boolean_mask, linear, lm_loss
+from blipkit.modeling.layers import MLP, Attention, Embedding, StepDecoder, boolean_mask, lm_loss
+from blipkit.modeling.linear import Linear, linear
 from blipkit.modeling.outputs import CausalLMOutputWithCrossAttentions
 
 OPT_KEYS = [

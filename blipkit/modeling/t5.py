@@ -18,12 +18,12 @@ from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import (
     Attention,
     Embedding,
-    Linear,
     StepDecoder,
     activation,
     additive_mask,
     boolean_mask,
 )
+from blipkit.modeling.linear import Linear
 from blipkit.modeling.outputs import Seq2SeqLMOutput
 
 

@@ -1,7 +1,7 @@
 """bfloat16: blipkit's bf16 output is as close to the float32 truth as the reference's bf16 output is.
 
 On CPUs without bf16 matrix instructions blipkit multiplies many-row products in float32 (see
-``layers.UPCAST_MIN_ROWS``); both that path and the plain bf16 path are checked, whatever this machine has.
+``linear.UPCAST_MIN_ROWS``); both that path and the plain bf16 path are checked, whatever this machine has.
 """
 
 from __future__ import annotations
@@ -10,17 +10,19 @@ import pytest
 import torch
 
 import blipkit
-from blipkit.modeling import layers
+from blipkit.modeling import linear
 from tests.parity.test_blip2 import prompt_inputs, reference_blip2
 from tests.parity.test_t5 import blip2_inputs, reference_blip2_t5
 from tests.reference import IMAGE_SIZE, save_reference
 
 
-@pytest.fixture(params=["upcast", "native"])
+@pytest.fixture(params=["upcast", "upcast-untransposed", "native"])
 def matmul_path(request, monkeypatch):
-    monkeypatch.setattr(layers, "_SLOW_LOW_PRECISION", True)
-    monkeypatch.setattr(layers, "UPCAST_MIN_ROWS", 1 if request.param == "upcast" else 10**9)
-    monkeypatch.setattr(layers, "UPCAST_BUFFER_ELEMENTS", 300)  # several slices per weight
+    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", True)
+    monkeypatch.setattr(linear, "UPCAST_MIN_ROWS", 10**9 if request.param == "native" else 1)
+    if request.param == "upcast-untransposed":  # every product in the many-rows form
+        monkeypatch.setattr(linear, "TRANSPOSED_MAX_ROWS", 1)
+    monkeypatch.setattr(linear, "UPCAST_BUFFER_ELEMENTS", 300)  # several slices per weight
     return request.param
 
 

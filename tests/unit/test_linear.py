@@ -1,0 +1,40 @@
+"""``linear`` gives F.linear's result in every form it picks (transposed, upcast in slices, both, neither)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from blipkit.modeling import linear
+
+
+@pytest.fixture(autouse=True)
+def small_slices(monkeypatch):
+    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", True)
+    monkeypatch.setattr(linear, "UPCAST_BUFFER_ELEMENTS", 100)  # several slices per weight, and a ragged last one
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 40])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_form_matches_f_linear(monkeypatch, rows, with_bias, dtype):
+    monkeypatch.setattr(linear, "UPCAST_MIN_ROWS", 2)
+    monkeypatch.setattr(linear, "TRANSPOSED_MAX_ROWS", 10)
+    generator = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 2, 23, generator=generator).to(dtype)  # 3-d input: rows are the leading dimensions
+    weight = torch.randn(37, 23, generator=generator).to(dtype)
+    bias = torch.randn(37, generator=generator).to(dtype) if with_bias else None
+    out = linear.linear(x, weight, bias)
+    truth = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    assert out.shape == (rows, 2, 37) and out.dtype == dtype and out.is_contiguous()
+    # bf16 results are rounded once at the end (float32 inside), so they are as close as bf16 can be
+    tolerance = 1e-5 if dtype == torch.float32 else 2**-8
+    torch.testing.assert_close(out.double(), truth, rtol=tolerance, atol=tolerance * truth.abs().max().item())
+
+
+def test_few_bf16_rows_stay_in_bf16(monkeypatch):
+    """Below UPCAST_MIN_ROWS rows a bf16 product is the plain bf16 one (reading half the bytes wins)."""
+    x = torch.randn(3, 64).bfloat16()
+    weight = torch.randn(48, 64).bfloat16()
+    assert torch.equal(linear.linear(x, weight), F.linear(x, weight))
