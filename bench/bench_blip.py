@@ -45,6 +45,7 @@ class Row:
     batch: int
     beams: int = 1
     tokens: int = 20
+    quantize: str | None = None  # blipkit only: the reference runs the same row unquantised
 
 
 ROWS = [
@@ -54,6 +55,7 @@ ROWS = [
     Row("vqa-greedy-bf16", "blip-base", "vqa", torch.bfloat16, 8, tokens=5),
     Row("itm-bf16", "blip-base", "itm", torch.bfloat16, 8, tokens=0),
     Row("caption-greedy-bf16-large", "blip-large", "caption", torch.bfloat16, 8),
+    Row("caption-greedy-bf16-int8", "blip-base", "caption", torch.bfloat16, 8, quantize="int8"),
 ]
 
 
@@ -138,7 +140,7 @@ def measure(row: Row, rounds: int, peaks: dict) -> str:
 
     path = checkpoint(row.size, row.task)
     reference = getattr(transformers, CLASSES[row.task]).from_pretrained(path, dtype=row.dtype).eval()
-    ours = getattr(blipkit, CLASSES[row.task]).from_pretrained(path, dtype=row.dtype)
+    ours = getattr(blipkit, CLASSES[row.task]).from_pretrained(path, dtype=row.dtype, quantize=row.quantize)
     batch = inputs(row, row.dtype)
     work(reference, row, batch), work(ours, row, batch)  # warm up both
     ref_times, our_times = [], []
@@ -149,7 +151,7 @@ def measure(row: Row, rounds: int, peaks: dict) -> str:
     if row.dtype not in peaks:  # the machine's best: bf16 products may run fastest in float32 (see layers.linear)
         peaks[row.dtype] = max(matmul_peak(row.dtype), matmul_peak(torch.float32))
     fraction = useful_flops(ours, row) / min(our_times) / peaks[row.dtype]
-    dtype = str(row.dtype).removeprefix("torch.")
+    dtype = str(row.dtype).removeprefix("torch.") + (f" ({row.quantize} for blipkit)" if row.quantize else "")
     return (
         f"| {row.name} | {dtype} | {row.batch} | {row.beams} | {ref_rate:.2f} | {our_rate:.2f} | "
         f"x{our_rate / ref_rate:.2f} | {peaks[row.dtype] / 1e9:.0f} | {100 * fraction:.0f}% |"

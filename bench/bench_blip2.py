@@ -1,13 +1,14 @@
 """BLIP-2 OPT-2.7b, batch 1, bfloat16: peak memory and time from a cold process to the first caption.
 
     .venv/bin/python bench/bench_blip2.py               # blipkit and the reference, one fresh process each
-    .venv/bin/python bench/bench_blip2.py --only blipkit
+    .venv/bin/python bench/bench_blip2.py --only blipkit blipkit-int8
 
 A random checkpoint with blip2-opt-2.7b's shapes (7.75 GB in bfloat16, sharded as the Hub's are) is built once in
 bench/.cache. Each implementation then runs in its own fresh Python process - so its peak RSS is its own - which
 imports torch, loads the checkpoint in bfloat16, and generates a 20-token caption (fixed length: both do the same
 work) after a "Question: ... Answer:" prompt. Printed: load time, time to the first caption (from process start,
-imports included), peak RSS, and peak RSS over the size of the weights.
+imports included), peak RSS, and peak RSS over the size of the weights in memory. "blipkit-int8" loads the same
+checkpoint with quantize="int8" (its load time includes quantising).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 CACHE = Path(__file__).parent / ".cache" / "blip2-opt-2.7b"
+IMPLEMENTATIONS = ("reference", "blipkit", "blipkit-int8")
 IMAGE_TOKEN = 50265
 OPT_2_7B = {"model_type": "opt", "hidden_size": 2560, "num_hidden_layers": 32, "ffn_dim": 10240,
             "num_attention_heads": 32, "vocab_size": 50304, "word_embed_proj_dim": 2560}  # fmt: skip
@@ -28,11 +30,12 @@ import json, resource, sys, time
 start = time.perf_counter()
 import torch
 implementation, path, image_token = sys.argv[1], sys.argv[2], int(sys.argv[3])
-if implementation == "blipkit":
+options = {"quantize": "int8"} if implementation == "blipkit-int8" else {}
+if implementation.startswith("blipkit"):
     import blipkit as library
 else:
     import transformers as library
-model = library.Blip2ForConditionalGeneration.from_pretrained(path, dtype=torch.bfloat16).eval()
+model = library.Blip2ForConditionalGeneration.from_pretrained(path, dtype=torch.bfloat16, **options).eval()
 loaded = time.perf_counter() - start
 pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
 prompt = [image_token] * 32 + [2, 24361, 35, 99, 16, 11, 42, 116, 31652, 35]  # </s>Question: what is in this? Answer:
@@ -41,7 +44,8 @@ with torch.inference_mode():
     out = model.generate(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids),
                          max_new_tokens=20, min_new_tokens=20, do_sample=False)
 total = time.perf_counter() - start
-weights = sum(p.numel() * p.element_size() for p in model.parameters())
+weights = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+    b.numel() * b.element_size() for b in model.buffers())
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"load_s": loaded, "first_caption_s": total, "peak_rss": peak, "weights": weights,
                   "new_tokens": out.shape[1] - ids.shape[1]}))
@@ -86,14 +90,12 @@ def run(implementation: str, path: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["blipkit", "reference"])
+    parser.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS)
     args = parser.parse_args()
     path = build_checkpoint()
     print("| implementation | load s | first caption s | peak RSS GB | weights GB | peak / weights |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for implementation in ("reference", "blipkit"):
-        if args.only and implementation != args.only:
-            continue
+    for implementation in args.only or IMPLEMENTATIONS:
         r = run(implementation, path)
         assert r["new_tokens"] == 20, r
         print(

@@ -76,6 +76,7 @@ def _model_options(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--model", default=DEFAULT_MODELS[task], help="Hub id or directory (default: %(default)s)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights' dtype")
+    parser.add_argument("--quantize", default=None, choices=["int8"], help="store linear layers' weights as int8")
     parser.add_argument("--batch-size", type=_positive, default=8, help="images per batch (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
 
@@ -135,7 +136,9 @@ def _generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _load(task: str, args: argparse.Namespace):
     from blipkit.pipelines import pipeline
 
-    return pipeline(task, model=args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    return pipeline(
+        task, model=args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size, quantize=args.quantize
+    )
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -185,6 +188,7 @@ def run_job(args: argparse.Namespace) -> int:
         model=args.model,
         batch_size=args.batch_size,
         dtype=args.dtype,
+        quantize=args.quantize,
         device=args.device,
         workers=args.workers,
         engine=args.engine,

@@ -35,6 +35,7 @@ def run(
     model: str | None = None,
     batch_size: int = 8,
     dtype: str | None = None,
+    quantize: str | None = None,
     device: str | None = None,
     question: str | None = None,
     text: str | None = None,
@@ -52,7 +53,7 @@ def run(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
-    spec = WorkerSpec(task, model, dtype, device, question, text, prompt, generate_kwargs)
+    spec = WorkerSpec(task, model, dtype, device, question, text, prompt, generate_kwargs, quantize=quantize)
     if task == "embed" and str(out).lower().endswith(".csv"):
         raise ValueError("embeddings go to .npy, .parquet or .jsonl, not .csv")
     started = time.perf_counter()

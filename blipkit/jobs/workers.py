@@ -41,6 +41,7 @@ class WorkerSpec:
     text: str | None = None
     prompt: str | None = None
     generate_kwargs: dict[str, Any] = field(default_factory=dict)
+    quantize: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASK_MODELS:
@@ -73,7 +74,7 @@ class Worker:
         source = spec.model or DEFAULT_MODELS[task]
         options = {"mask_question_padding": True} if spec.task == "ask" else {}
         self.model = getattr(blipkit, class_name).from_pretrained(
-            source, dtype=spec.dtype, device=spec.device, **options
+            source, dtype=spec.dtype, device=spec.device, quantize=spec.quantize, **options
         )
         self.processor = BlipProcessor.from_pretrained(source)
 

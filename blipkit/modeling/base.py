@@ -19,6 +19,7 @@ from blipkit.checkpoint import (
     weight_files,
 )
 from blipkit.configs import BaseConfig
+from blipkit.modeling.quantize import Int8Linear, quantize_linears
 
 M = TypeVar("M", bound="PreTrainedModel")
 
@@ -43,7 +44,8 @@ class PreTrainedModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        """The floating-point parameters' dtype (int8 weights of a quantised model aside)."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
 
     @property
     def device(self) -> torch.device:
@@ -88,6 +90,7 @@ class PreTrainedModel(nn.Module):
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
         token: str | bool | None = None,
+        quantize: str | None = None,
         **model_kwargs: Any,
     ) -> M:
         """Load a model from a local directory or a Hub id.
@@ -96,7 +99,8 @@ class PreTrainedModel(nn.Module):
         no random initialisation is paid and peak memory stays near the size of the weights. ``dtype``
         (default float32; "auto" takes the checkpoint's) applies to floating-point weights. A checkpoint with
         missing, unexpected or mis-shaped keys raises ``CheckpointError`` unless ``strict=False``, which
-        initialises missing weights as the reference would and ignores the rest.
+        initialises missing weights as the reference would and ignores the rest. ``quantize="int8"`` stores the
+        linear layers' weights as int8 (see ``blipkit.modeling.quantize``), quantised as each is read.
         """
         hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
         if config is None:
@@ -105,11 +109,14 @@ class PreTrainedModel(nn.Module):
         device = torch.device(device) if device is not None else torch.device("cpu")
         with torch.device("meta"):
             model = cls(config, **model_kwargs)
+            if quantize is not None:
+                quantize_linears(model, quantize)
         model._load_tensors(weight_files(name_or_path, **hub), dtype, device, strict)
         return model.eval()
 
     def _load_tensors(self, files: list[Path], dtype: torch.dtype, device: torch.device, strict: bool) -> None:
         expected = dict(self.state_dict(keep_vars=True))
+        quantized = any(isinstance(module, Int8Linear) for module in self.modules())
         tied = self.tied_reference_keys()
         seen: set[str] = set()
         unexpected, mis_shaped = [], []
@@ -125,14 +132,25 @@ class PreTrainedModel(nn.Module):
                 elif target.shape != tensor.shape:
                     seen.add(key)  # reported as mis-shaped, not also as missing
                     mis_shaped.append(f"{ref_key} (checkpoint {tuple(tensor.shape)}, model {tuple(target.shape)})")
+                elif target.dtype == torch.int8 and tensor.is_floating_point():  # a quantised layer's weight
+                    self.get_submodule(key.rpartition(".")[0]).load_float_weight(tensor.to(device))
+                    seen.add(key)
                 else:
-                    batch[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+                    converted = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+                    # A quantised model must not keep the file mapped through its other tensors: the pages of
+                    # the float weights it has read would stay resident beside their int8 copies.
+                    batch[key] = converted.clone() if quantized and converted is tensor else converted
                     seen.add(key)
             # Assigning per file keeps one shard's worth of tensors alive at a time.
             self.load_state_dict(batch, strict=False, assign=True)
         for module, target, source, full in self._optional_ties():
             if full not in seen:
-                _set_parameter(module, target, module.get_parameter(source))
+                owner_name, _, attribute = target.rpartition(".")
+                owner = module.get_submodule(owner_name)
+                if isinstance(owner, Int8Linear):  # quantised: its own int8 copy, no longer shared storage
+                    owner.load_float_weight(module.get_parameter(source).detach())
+                else:
+                    setattr(owner, attribute, module.get_parameter(source))
                 seen.add(full)
         missing = [self.key_map.to_reference(k) for k in expected if k not in seen]
         if strict and (missing or unexpected or mis_shaped):
@@ -147,6 +165,15 @@ class PreTrainedModel(nn.Module):
         """Give weights the checkpoint lacked real storage and the reference's initialisation."""
         for module in self.modules():
             if any(p.is_meta for p in module.parameters(recurse=False)):
+                if isinstance(module, Int8Linear):
+                    # Initialise float parameters as the reference would; the weight is then quantised.
+                    stand_in = nn.Linear(module.in_features, module.out_features, device=device, dtype=dtype)
+                    self._init_weights(stand_in)
+                    if module.weight.is_meta:
+                        module.load_float_weight(stand_in.weight.detach())
+                    if module.bias is not None and module.bias.is_meta:
+                        module.bias = stand_in.bias
+                    continue
                 module.to_empty(device=device, recurse=False)
                 module.to(dtype)
                 self._init_weights(module)
@@ -166,17 +193,17 @@ class PreTrainedModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str | None = "5GB") -> None:
         """Write config.json and safetensors weights (sharded above ``max_shard_size``) the reference can load."""
+        if any(isinstance(module, Int8Linear) for module in self.modules()):
+            raise ValueError(
+                "this model was loaded with quantize='int8' and cannot be saved: int8 weights have no place in "
+                "the reference's checkpoint layout. Save the model loaded without quantize, and quantise on load."
+            )
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.extra["architectures"] = [type(self).__name__]
         self.config.extra["dtype"] = str(self.dtype).removeprefix("torch.")
         self.config.save_pretrained(directory)
         save_safetensors(self.reference_state_dict(), directory, parse_size(max_shard_size))
-
-
-def _set_parameter(module: nn.Module, name: str, parameter: nn.Parameter) -> None:
-    owner_name, _, attribute = name.rpartition(".")
-    setattr(module.get_submodule(owner_name), attribute, parameter)
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None, config: BaseConfig) -> torch.dtype:

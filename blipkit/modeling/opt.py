@@ -111,8 +111,9 @@ class OPTForCausalLM(PreTrainedModel):
         return self.decoder.embed_tokens
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.decoder.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return linear(hidden, weight)
+        if self.lm_head is not None:
+            return self.lm_head(hidden)
+        return linear(hidden, self.decoder.embed_tokens.weight)
 
     def forward(
         self,

@@ -90,7 +90,9 @@ class T5MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))
-        return self.wo(self.dropout(h).to(self.wo.weight.dtype))  # wo may be kept in float32
+        # wo may be kept in float32 (its input then is too); an int8 wo takes the activations' dtype
+        wo_dtype = self.wo.weight.dtype if self.wo.weight.is_floating_point() else h.dtype
+        return self.wo(self.dropout(h).to(wo_dtype))
 
 
 class T5Layer(nn.Module):

@@ -109,3 +109,11 @@ def test_failures_exit_1_with_one_line(hf_home, tmp_path):
     assert uncached.returncode == 1 and len(uncached.stderr.strip().splitlines()) == 1
     assert "not in the Hugging Face cache" in uncached.stderr and "HF_HUB_OFFLINE=1 is set" in uncached.stderr
     assert "Traceback" not in uncached.stderr
+
+
+def test_caption_quantized_and_an_unknown_quantization(hf_home):
+    result = run(hf_home, "caption", str(IMAGES[0]), "--quantize", "int8", "--max-new-tokens", "4")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1 and result.stdout.strip()
+    result = run(hf_home, "caption", str(IMAGES[0]), "--quantize", "int4")
+    assert result.returncode == 2 and "argument --quantize: invalid choice: 'int4'" in result.stderr

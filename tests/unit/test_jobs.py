@@ -204,3 +204,17 @@ def test_job_cli_summary_and_errors(models, photos, tmp_path):
     assert bad.returncode == 1
     assert bad.stderr.strip().endswith("the output must end in .jsonl, .csv, .parquet or .npy")
     assert not (tmp_path / "c.txt").exists()
+
+
+def test_quantized_worker_matches_a_job_run_quantized(models, tmp_path):
+    """quantize="int8" reaches the worker's model, and a job's captions are that model's."""
+    from blipkit.jobs.workers import Worker, WorkerSpec
+    from blipkit.modeling.quantize import Int8Linear
+
+    spec = WorkerSpec("caption", model=str(models / "caption"), quantize="int8", generate_kwargs={"max_new_tokens": 4})
+    worker = Worker(spec)
+    assert any(isinstance(m, Int8Linear) for m in worker.model.modules())
+    out = tmp_path / "captions.jsonl"
+    jobs.caption([str(IMAGES[0])], out, model=str(models / "caption"), quantize="int8", max_new_tokens=4)
+    expected = worker.process(list(iter_items([str(IMAGES[0])])))
+    assert [r["caption"] for r in read_jsonl(out)] == [r["caption"] for r in expected]
