@@ -11,8 +11,7 @@ import torch
 
 import blipkit
 from blipkit.modeling import linear
-from tests.parity.test_blip2 import prompt_inputs, reference_blip2
-from tests.parity.test_t5 import blip2_inputs, reference_blip2_t5
+from tests.parity.test_t5 import saved_blip2
 from tests.reference import IMAGE_SIZE, save_reference
 
 
@@ -61,12 +60,7 @@ def test_blip_caption_logits_in_bf16(tmp_path, matmul_path):
 def test_blip2_logits_in_bf16(tmp_path, matmul_path, language_model):
     import transformers
 
-    if language_model == "opt":
-        reference_blip2(tmp_path)
-        inputs = prompt_inputs()
-    else:
-        reference_blip2_t5(tmp_path)
-        inputs = {**blip2_inputs(), "decoder_input_ids": torch.tensor([[0, 5, 9], [0, 8, 2]])}
+    inputs = saved_blip2(tmp_path, language_model)
     outputs = {}
     for name, load in (("ours", blipkit), ("ref", transformers)):
         for dtype in (torch.float32, torch.bfloat16):

@@ -11,8 +11,7 @@ import blipkit
 from blipkit.modeling import linear
 from blipkit.modeling.linear import Linear
 from blipkit.modeling.quantize import Int8Linear, quantize_rows
-from tests.parity.test_blip2 import prompt_inputs, reference_blip2
-from tests.parity.test_t5 import blip2_inputs, encoder_inputs, reference_blip2_t5, reference_t5
+from tests.parity.test_t5 import encoder_inputs, reference_t5, saved_blip2
 from tests.reference import IMAGE_SIZE, save_reference
 
 
@@ -94,12 +93,7 @@ def test_blip_caption_int8(tmp_path):
 @pytest.mark.parametrize("language_model", ["opt", "t5"])
 @torch.no_grad()
 def test_blip2_int8(tmp_path, language_model):
-    if language_model == "opt":
-        reference_blip2(tmp_path)
-        inputs = prompt_inputs()
-    else:
-        reference_blip2_t5(tmp_path)
-        inputs = {**blip2_inputs(), "decoder_input_ids": torch.tensor([[0, 5, 9], [0, 8, 2]])}
+    inputs = saved_blip2(tmp_path, language_model)
     model_class = blipkit.Blip2ForConditionalGeneration
     truth = model_class.from_pretrained(tmp_path)(**inputs).logits
     quantized = check_quantised(model_class, tmp_path, inputs, truth)

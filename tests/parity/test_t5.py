@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import blipkit
-from tests.parity.test_blip2 import IMAGE_TOKEN, QUERIES
+from tests.parity.test_blip2 import IMAGE_TOKEN, QUERIES, prompt_inputs, reference_blip2
 from tests.parity.test_blip2_parts import QFORMER, VISION
 from tests.reference import perturb_
 
@@ -186,6 +186,15 @@ def blip2_inputs():
     mask = torch.tensor([[1] * 8, [0] + [1] * 7])
     pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(4))
     return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}
+
+
+def saved_blip2(directory, language_model: str) -> dict:
+    """Save a tiny reference BLIP-2 on OPT or T5 in ``directory``; return inputs for its forward."""
+    if language_model == "opt":
+        reference_blip2(directory)
+        return prompt_inputs()
+    reference_blip2_t5(directory)
+    return {**blip2_inputs(), "decoder_input_ids": torch.tensor([[0, 5, 9], [0, 8, 2]])}
 
 
 @pytest.fixture(scope="module")
