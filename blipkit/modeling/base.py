@@ -51,6 +51,17 @@ class PreTrainedModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def _is_quantized(self) -> bool:
+        """Whether the model was loaded with ``quantize`` (some of its layers hold int8 weights)."""
+        return any(isinstance(module, Int8Linear) for module in self.modules())
+
+    def _quantised_layer(self, key: str) -> Int8Linear | None:
+        """The quantised layer whose weight ``key`` names, if it is one."""
+        owner_name, _, attribute = key.rpartition(".")
+        owner = self.get_submodule(owner_name)
+        return owner if isinstance(owner, Int8Linear) and attribute == "weight" else None
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -116,7 +127,7 @@ class PreTrainedModel(nn.Module):
 
     def _load_tensors(self, files: list[Path], dtype: torch.dtype, device: torch.device, strict: bool) -> None:
         expected = dict(self.state_dict(keep_vars=True))
-        quantized = any(isinstance(module, Int8Linear) for module in self.modules())
+        quantized = self._is_quantized
         tied = self.tied_reference_keys()
         seen: set[str] = set()
         unexpected, mis_shaped = [], []
@@ -133,7 +144,7 @@ class PreTrainedModel(nn.Module):
                     seen.add(key)  # reported as mis-shaped, not also as missing
                     mis_shaped.append(f"{ref_key} (checkpoint {tuple(tensor.shape)}, model {tuple(target.shape)})")
                 elif target.dtype == torch.int8 and tensor.is_floating_point():  # a quantised layer's weight
-                    self.get_submodule(key.rpartition(".")[0]).load_float_weight(tensor.to(device))
+                    self._quantised_layer(key).load_float_weight(tensor.to(device))
                     seen.add(key)
                 else:
                     converted = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
@@ -143,14 +154,14 @@ class PreTrainedModel(nn.Module):
                     seen.add(key)
             # Assigning per file keeps one shard's worth of tensors alive at a time.
             self.load_state_dict(batch, strict=False, assign=True)
-        for module, target, source, full in self._optional_ties():
+        for module, _target, source, full in self._optional_ties():
             if full not in seen:
-                owner_name, _, attribute = target.rpartition(".")
-                owner = module.get_submodule(owner_name)
-                if isinstance(owner, Int8Linear):  # quantised: its own int8 copy, no longer shared storage
-                    owner.load_float_weight(module.get_parameter(source).detach())
+                shared = module.get_parameter(source)
+                if quantized_layer := self._quantised_layer(full):  # its own int8 copy, no longer shared storage
+                    quantized_layer.load_float_weight(shared.detach())
                 else:
-                    setattr(owner, attribute, module.get_parameter(source))
+                    owner_name, _, attribute = full.rpartition(".")
+                    setattr(self.get_submodule(owner_name), attribute, shared)
                 seen.add(full)
         missing = [self.key_map.to_reference(k) for k in expected if k not in seen]
         if strict and (missing or unexpected or mis_shaped):
@@ -193,7 +204,7 @@ class PreTrainedModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str | None = "5GB") -> None:
         """Write config.json and safetensors weights (sharded above ``max_shard_size``) the reference can load."""
-        if any(isinstance(module, Int8Linear) for module in self.modules()):
+        if self._is_quantized:
             raise ValueError(
                 "this model was loaded with quantize='int8' and cannot be saved: int8 weights have no place in "
                 "the reference's checkpoint layout. Save the model loaded without quantize, and quantise on load."
