@@ -54,6 +54,7 @@ ROWS = [
     Row("caption-greedy-fp32", "blip-base", "caption", torch.float32, 8),
     Row("vqa-greedy-bf16", "blip-base", "vqa", torch.bfloat16, 8, tokens=5),
     Row("itm-bf16", "blip-base", "itm", torch.bfloat16, 8, tokens=0),
+    Row("caption-greedy-fp32-large", "blip-large", "caption", torch.float32, 8),
     Row("caption-greedy-bf16-large", "blip-large", "caption", torch.bfloat16, 8),
     Row("caption-greedy-bf16-int8", "blip-base", "caption", torch.bfloat16, 8, quantize="int8"),
 ]
