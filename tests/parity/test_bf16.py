@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import blipkit
 from blipkit.modeling import linear
+from blipkit.modeling.vision import VisionEmbeddings
 from tests.parity.test_t5 import saved_blip2
 from tests.reference import IMAGE_SIZE, save_reference
 
 
 @pytest.fixture(params=["upcast", "upcast-untransposed", "native"])
 def matmul_path(request, monkeypatch):
-    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", True)
-    monkeypatch.setattr(linear, "UPCAST_MIN_ROWS", 10**9 if request.param == "native" else 1)
+    # "native": as on a CPU with bf16 instructions, where every product, the patch convolution and the image's
+    # keys and values stay in bf16.
+    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", request.param != "native")
+    monkeypatch.setattr(linear, "UPCAST_MIN_ROWS", 1)
     if request.param == "upcast-untransposed":  # every product in the many-rows form
         monkeypatch.setattr(linear, "TRANSPOSED_MAX_ROWS", 1)
     monkeypatch.setattr(linear, "UPCAST_BUFFER_ELEMENTS", 300)  # several slices per weight
@@ -74,3 +78,18 @@ def test_blip2_logits_in_bf16(tmp_path, matmul_path, language_model):
     ours = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
     run = {k: v for k, v in inputs.items() if k != "decoder_input_ids"}
     assert ours.generate(**run | {"pixel_values": run["pixel_values"].bfloat16()}, max_new_tokens=3).shape[0] == 2
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_patch_embedding_in_float32_where_bf16_is_slow(monkeypatch, slow):
+    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", slow)
+    config = blipkit.BlipVisionConfig(hidden_size=32, patch_size=4, image_size=16)
+    embeddings = VisionEmbeddings(config).to(torch.bfloat16)
+    torch.nn.init.normal_(embeddings.patch_embedding.weight)
+    pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    conv = embeddings.patch_embedding
+    expected = F.conv2d(pixels.float(), conv.weight.float(), conv.bias.float(), stride=4)
+    computed_in = []
+    monkeypatch.setattr(F, "conv2d", lambda x, *_, **__: computed_in.append(x.dtype) or expected.to(x.dtype))
+    assert torch.equal(embeddings.embed_patches(pixels), expected.to(torch.bfloat16))
+    assert computed_in == [torch.float32 if slow else torch.bfloat16]
