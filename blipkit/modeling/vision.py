@@ -9,7 +9,7 @@ from torch import nn
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import Blip2VisionConfig, BlipVisionConfig
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention
+from blipkit.modeling.layers import MLP, Attention, residual
 from blipkit.modeling.linear import computes_low_precision_slowly
 from blipkit.modeling.outputs import BaseModelOutputWithPooling
 
@@ -89,8 +89,8 @@ class VisionLayer(nn.Module):
         self.mlp = MLP(dim, config.intermediate_size, config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = residual(self.attn(self.norm1(x)), x)
+        return residual(self.mlp(self.norm2(x)), x)
 
 
 class BlipVisionModel(PreTrainedModel):
