@@ -104,7 +104,8 @@ def main() -> None:
         r = run(implementation, path)
         assert r["new_tokens"] == 20, r
         caption = r["first_caption_s"] - r["load_s"]
-        reference_caption = caption if implementation == "reference" else reference_caption
+        if implementation == "reference":
+            reference_caption = caption
         speedup = f"x{reference_caption / caption:.2f}" if reference_caption else "-"
         print(
             f"| {implementation} | {r['load_s']:.1f} | {r['first_caption_s']:.1f} | {caption:.1f} | {speedup} | "

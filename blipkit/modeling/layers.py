@@ -64,13 +64,21 @@ class Embedding(nn.Embedding):
 
 # The same functions overwriting their input, for outputs no gradient will flow through: a ViT's MLP hidden states
 # are its largest tensors (8 images at 384 px: 56 MB each layer), and a fresh one costs a page fault per 4 kB.
+def _tanh_gelu_(x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.gelu_(x, approximate="tanh")
+
+
+def _silu_(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x, inplace=True)
+
+
 IN_PLACE_ACTIVATIONS = {
     "gelu": torch.ops.aten.gelu_,
-    "gelu_new": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
+    "gelu_new": _tanh_gelu_,
+    "gelu_pytorch_tanh": _tanh_gelu_,
     "relu": torch.relu_,
-    "silu": lambda x: F.silu(x, inplace=True),
-    "swish": lambda x: F.silu(x, inplace=True),
+    "silu": _silu_,
+    "swish": _silu_,
 }
 
 
