@@ -89,6 +89,32 @@ def activation(name: str):
         raise ValueError(f"unsupported activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
 
 
+class Workspace:
+    """Output buffers that every layer of a stack reuses during one pass no gradient flows through.
+
+    PyTorch's CPU allocator takes tensors over glibc's mmap threshold (32 MB) from the kernel afresh each time,
+    paying a page fault per 4 kB: a ViT's qkv and MLP hidden states for 8 images at 384 px are 42 and 56 MB a
+    layer, ~280k faults a pass. Writing them into the same two buffers instead made ViT-B 6-8% faster here,
+    bit-identical. A buffer's contents live until the next layer writes it: whatever keeps an intermediate output
+    (a forward hook) must clone it.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """The buffer called ``name``, of this shape and ``like``'s dtype and device (made anew if they changed)."""
+        found = self._buffers.get(name)
+        if found is None or found.shape != shape or found.dtype != like.dtype or found.device != like.device:
+            found = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return found
+
+
+def builds_graph(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether running ``module`` on ``x`` records anything for backward (so no output may be overwritten)."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+
+
 def residual(update: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``x + update``, written into ``update`` (a layer's fresh output) when no gradient needs it kept."""
     return x + update if update.requires_grad else update.add_(x)
@@ -147,12 +173,15 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         is_causal: bool = False,
+        workspace: Workspace | None = None,
     ) -> torch.Tensor:
         """``mask`` is additive, broadcastable to (batch, heads, queries, keys); see ``additive_mask``. With fewer
         ``kv`` rows than query rows, consecutive groups of query rows share one kv row (the mask must then have
-        a query dimension of 1)."""
+        a query dimension of 1). A ``workspace`` holds the fused q|k|v projection."""
         if hasattr(self, "qkv"):
-            q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
+            into = workspace.buffer("qkv", (*x.shape[:-1], self.qkv.out_features), x) if workspace else None
+            qkv = self.qkv(x, out=into)
+            q, k, v = qkv.unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
         else:
             q = self._heads(self.q(x))
             k, v = kv if kv is not None else self.project_kv(x if context is None else context)
@@ -189,8 +218,10 @@ class MLP(nn.Module):
         self.act = activation(act)
         self.act_in_place = IN_PLACE_ACTIVATIONS.get(act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.fc1(x)
+    def forward(self, x: torch.Tensor, workspace: Workspace | None = None) -> torch.Tensor:
+        """A ``workspace`` holds the hidden states (only for passes no gradient flows through)."""
+        into = workspace.buffer("mlp.hidden", (*x.shape[:-1], self.fc1.out_features), x) if workspace else None
+        hidden = self.fc1(x, out=into)
         in_place = self.act_in_place is not None and not hidden.requires_grad
         return self.fc2(self.act_in_place(hidden) if in_place else self.act(hidden))
 

@@ -42,57 +42,98 @@ def computes_low_precision_slowly(t: torch.Tensor) -> bool:
 
 
 def linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, scale: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, computed in the fastest form for this many rows, dtype and device.
 
     With ``scale``, ``weight`` is int8 and each output feature's weights are multiplied by its scale (see
-    ``blipkit.modeling.quantize``).
+    ``blipkit.modeling.quantize``). With ``out`` (contiguous, of the result's shape and dtype), the result is
+    written there and ``out`` returned: layers reuse one buffer for outputs too large to allocate afresh every
+    time (``blipkit.modeling.layers.Workspace``).
     """
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    shape = (*x.shape[:-1], weight.shape[0])
     if weight.device.type != "cpu" and scale is not None:
-        return F.linear(x, weight.to(x.dtype) * scale[:, None].to(x.dtype), bias)
+        return _written(F.linear(x, weight.to(x.dtype) * scale[:, None].to(x.dtype), bias), out, shape, x.dtype)
     if scale is not None and rows <= INT8_KERNEL_MAX_ROWS and x.shape[-1] % INT8_KERNEL_ALIGNMENT == 0:
-        return _few_rows_int8_linear(x, weight, bias, scale)
+        return _written(_few_rows_int8_linear(x, weight, bias, scale), out, shape, x.dtype)
     upcast = scale is not None or (computes_low_precision_slowly(weight) and rows >= UPCAST_MIN_ROWS)
     few_rows = 1 < rows <= TRANSPOSED_MAX_ROWS and weight.device.type == "cpu"
     if few_rows and (upcast or weight.dtype == torch.float32):
-        out = _transposed_linear(x.reshape(rows, -1), weight, bias, scale, upcast)
-    elif upcast:
-        out = _float32_linear(x.reshape(rows, -1), weight, bias, scale)
-    else:
+        product = _transposed_linear(x.reshape(rows, -1), weight, bias, scale, upcast).t()
+        return _written(product, out, shape, x.dtype)
+    if upcast:
+        out = out if out is not None else torch.empty(shape, dtype=x.dtype)
+        _float32_linear(x.reshape(rows, -1), weight, bias, scale, out.view(rows, -1))
+        return out
+    if out is None:
         return F.linear(x, weight, bias)
-    return out.view(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+    # What F.linear runs for a contiguous input (the same kernel, so the same bits), written into ``out``.
+    flat = out.view(rows, -1)
+    if bias is None:
+        torch.mm(x.reshape(rows, -1), weight.t(), out=flat)
+    else:
+        torch.addmm(bias, x.reshape(rows, -1), weight.t(), out=flat)
+    return out
+
+
+def _written(product: torch.Tensor, out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype):
+    """``product`` (any strides and dtype) as a contiguous ``dtype`` tensor of ``shape``; in ``out`` if given."""
+    if out is None:
+        if product.dtype == dtype and product.is_contiguous():
+            return product.view(shape)
+        out = torch.empty(shape, dtype=dtype, device=product.device)
+    out.view(product.shape).copy_(product)
+    return out
+
+
+def _scratch_tensor(name: str, numel: int) -> torch.Tensor:
+    """A float32 buffer of at least ``numel`` elements, kept per thread and reused by every product."""
+    buffer = getattr(_scratch, name, None)
+    if buffer is None or buffer.numel() < numel:
+        buffer = torch.empty(numel, dtype=torch.float32)
+        setattr(_scratch, name, buffer)
+    return buffer[:numel]
 
 
 def _float32_copy(weight: torch.Tensor) -> torch.Tensor:
-    buffer = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.numel() < weight.numel():
-        buffer = _scratch.buffer = torch.empty(weight.numel(), dtype=torch.float32)
-    return buffer[: weight.numel()].view(weight.shape).copy_(weight)
+    return _scratch_tensor("weight", weight.numel()).view(weight.shape).copy_(weight)
 
 
 def _float32_linear(
-    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None
-) -> torch.Tensor:
-    """``rows @ weight.T (* scale) + bias`` in float32, a slice of input features of the weight at a time."""
+    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None, out: torch.Tensor
+) -> None:
+    """``out = rows @ weight.T (* scale) + bias``, in float32: a slice of output features' weights at a time is
+    copied to float32, and multiplied with a chunk of rows at a time into a reused float32 tile that is then
+    rounded into ``out``. No float32 copy of the whole output is made (for a ViT's MLP on 8 images, 56 MB a
+    layer); chunks of rows, unlike slices of output features, keep the products as fast as one whole product."""
     rows = rows.float()
-    out = torch.zeros(rows.shape[0], weight.shape[0])
-    step = max(1, UPCAST_BUFFER_ELEMENTS // weight.shape[0])
-    for start in range(0, weight.shape[1], step):
-        out.addmm_(rows[:, start : start + step], _float32_copy(weight[:, start : start + step]).t())
-    if scale is not None:
-        out.mul_(scale)
-    return out if bias is None else out.add_(bias)
+    step = max(1, UPCAST_BUFFER_ELEMENTS // max(1, weight.shape[1]))
+    for start in range(0, weight.shape[0], step):
+        stop = min(start + step, weight.shape[0])
+        weight32 = _float32_copy(weight[start:stop])
+        chunk = max(1, UPCAST_BUFFER_ELEMENTS // (stop - start))
+        for first in range(0, rows.shape[0], chunk):
+            last = min(first + chunk, rows.shape[0])
+            tile = _scratch_tensor("tile", (last - first) * (stop - start)).view(last - first, stop - start)
+            torch.mm(rows[first:last], weight32.t(), out=tile)
+            if scale is not None:
+                tile.mul_(scale[start:stop])
+            if bias is not None:
+                tile.add_(bias[start:stop])
+            out[first:last, start:stop] = tile
 
 
 def _transposed_linear(
     rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None, upcast: bool
 ) -> torch.Tensor:
-    """``(weight @ rows.T (* scale) + bias).T``; with ``upcast``, in float32, a slice of output features at a time."""
+    """``weight @ rows.T (* scale) + bias``; with ``upcast``, in float32, a slice of output features at a time."""
     if not upcast:
-        out = torch.mm(weight, rows.t()) if bias is None else torch.addmm(bias[:, None], weight, rows.t())
-        return out.t().contiguous()
+        return torch.mm(weight, rows.t()) if bias is None else torch.addmm(bias[:, None], weight, rows.t())
     rows = rows.float()
     out = torch.empty(weight.shape[0], rows.shape[0])
     step = max(1, UPCAST_BUFFER_ELEMENTS // weight.shape[1])
@@ -102,7 +143,7 @@ def _transposed_linear(
         out.mul_(scale[:, None])
     if bias is not None:
         out.add_(bias[:, None])
-    return out.t().contiguous()
+    return out
 
 
 def _few_rows_int8_linear(
@@ -119,5 +160,5 @@ def _few_rows_int8_linear(
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and keys) on ``linear``."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, out=out)

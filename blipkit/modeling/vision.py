@@ -9,7 +9,7 @@ from torch import nn
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import Blip2VisionConfig, BlipVisionConfig
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, residual
+from blipkit.modeling.layers import MLP, Attention, Workspace, builds_graph, residual
 from blipkit.modeling.linear import computes_low_precision_slowly
 from blipkit.modeling.outputs import BaseModelOutputWithPooling
 
@@ -88,9 +88,9 @@ class VisionLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = MLP(dim, config.intermediate_size, config.hidden_act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = residual(self.attn(self.norm1(x)), x)
-        return residual(self.mlp(self.norm2(x)), x)
+    def forward(self, x: torch.Tensor, workspace: Workspace | None = None) -> torch.Tensor:
+        x = residual(self.attn(self.norm1(x), workspace=workspace), x)
+        return residual(self.mlp(self.norm2(x), workspace), x)
 
 
 class BlipVisionModel(PreTrainedModel):
@@ -116,8 +116,9 @@ class BlipVisionModel(PreTrainedModel):
         check_pixel_values(pixel_values, self.embeddings.patch_size)
         x = self.embeddings(pixel_values, interpolate_pos_encoding)
         hidden_states = [x] if output_hidden_states else None
+        workspace = None if builds_graph(self, x) else Workspace()
         for layer in self.blocks:
-            x = layer(x)
+            x = layer(x, workspace)
             if hidden_states is not None:
                 hidden_states.append(x)
         last = self.post_layernorm(x)

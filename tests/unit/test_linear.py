@@ -18,14 +18,18 @@ def small_slices(monkeypatch):
 @pytest.mark.parametrize("rows", [1, 3, 8, 40])
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_every_form_matches_f_linear(monkeypatch, rows, with_bias, dtype):
+@pytest.mark.parametrize("into_buffer", [False, True])
+def test_every_form_matches_f_linear(monkeypatch, rows, with_bias, dtype, into_buffer):
     monkeypatch.setattr(linear, "UPCAST_MIN_ROWS", 2)
     monkeypatch.setattr(linear, "TRANSPOSED_MAX_ROWS", 10)
     generator = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, 2, 23, generator=generator).to(dtype)  # 3-d input: rows are the leading dimensions
     weight = torch.randn(37, 23, generator=generator).to(dtype)
     bias = torch.randn(37, generator=generator).to(dtype) if with_bias else None
-    out = linear.linear(x, weight, bias)
+    buffer = torch.full((rows, 2, 37), float("nan"), dtype=dtype) if into_buffer else None
+    out = linear.linear(x, weight, bias, out=buffer)
+    if into_buffer:
+        assert out is buffer
     truth = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
     assert out.shape == (rows, 2, 37) and out.dtype == dtype and out.is_contiguous()
     # bf16 results are rounded once at the end (float32 inside), so they are as close as bf16 can be
@@ -38,3 +42,14 @@ def test_few_bf16_rows_stay_in_bf16(monkeypatch):
     x = torch.randn(3, 64).bfloat16()
     weight = torch.randn(48, 64).bfloat16()
     assert torch.equal(linear.linear(x, weight), F.linear(x, weight))
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_writing_into_a_buffer_gives_f_linears_bits(with_bias):
+    """The many-row float32 product written into a buffer is the very computation F.linear makes."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 50, 96, generator=generator)
+    weight = torch.randn(200, 96, generator=generator)
+    bias = torch.randn(200, generator=generator) if with_bias else None
+    buffer = torch.empty(4, 50, 200)
+    assert torch.equal(linear.linear(x, weight, bias, out=buffer), F.linear(x, weight, bias))
