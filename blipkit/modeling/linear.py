@@ -51,17 +51,21 @@ def linear(
     """``F.linear(x, weight, bias)``, computed in the fastest form for this many rows, dtype and device.
 
     With ``scale``, ``weight`` is int8 and each output feature's weights are multiplied by its scale (see
-    ``blipkit.modeling.quantize``). With ``out`` (contiguous, of the result's shape and dtype), the result is
-    written there and ``out`` returned: layers reuse one buffer for outputs too large to allocate afresh every
-    time (``blipkit.modeling.layers.Workspace``).
+    ``blipkit.modeling.quantize``). With ``out`` (contiguous, of the result's shape), the result is written there
+    and ``out`` returned: layers reuse one buffer for outputs too large to allocate afresh every time
+    (``blipkit.modeling.layers.Workspace``). ``out`` may be float32 for a bf16 ``x``: products computed in float32
+    then skip the rounding to bf16.
     """
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     shape = (*x.shape[:-1], weight.shape[0])
+    upcast = scale is not None or (computes_low_precision_slowly(weight) and rows >= UPCAST_MIN_ROWS)
+    tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if tracked and (upcast or out is not None):  # autograd cannot record the out= kernels and reused buffers
+        return _differentiable_linear(x, weight, bias, scale, out, rows >= UPCAST_MIN_ROWS)
     if weight.device.type != "cpu" and scale is not None:
         return _written(F.linear(x, weight.to(x.dtype) * scale[:, None].to(x.dtype), bias), out, shape, x.dtype)
     if scale is not None and rows <= INT8_KERNEL_MAX_ROWS and x.shape[-1] % INT8_KERNEL_ALIGNMENT == 0:
         return _written(_few_rows_int8_linear(x, weight, bias, scale), out, shape, x.dtype)
-    upcast = scale is not None or (computes_low_precision_slowly(weight) and rows >= UPCAST_MIN_ROWS)
     few_rows = 1 < rows <= TRANSPOSED_MAX_ROWS and weight.device.type == "cpu"
     if few_rows and (upcast or weight.dtype == torch.float32):
         product = _transposed_linear(x.reshape(rows, -1), weight, bias, scale, upcast).t()
@@ -70,8 +74,8 @@ def linear(
         out = out if out is not None else torch.empty(shape, dtype=x.dtype)
         _float32_linear(x.reshape(rows, -1), weight, bias, scale, out.view(rows, -1))
         return out
-    if out is None:
-        return F.linear(x, weight, bias)
+    if out is None or out.dtype != x.dtype:
+        return _written(F.linear(x, weight, bias), out, shape, x.dtype)
     # What F.linear runs for a contiguous input (the same kernel, so the same bits), written into ``out``.
     flat = out.view(rows, -1)
     if bias is None:
@@ -81,7 +85,28 @@ def linear(
     return out
 
 
-def _written(product: torch.Tensor, out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype):
+def _differentiable_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    out: torch.Tensor | None,
+    many_rows: bool,
+) -> torch.Tensor:
+    """The product for autograd, which cannot record the ``out=`` kernels and reused buffers of the other forms:
+    in float32 from float32 copies (kept for the backward pass) where the low precision is slow."""
+    if scale is not None:
+        weight = weight.to(x.dtype) * scale[:, None].to(x.dtype)
+    if many_rows and computes_low_precision_slowly(x):
+        product = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    else:
+        product = F.linear(x, weight, bias)
+    return _written(product, out, (*x.shape[:-1], weight.shape[0]), x.dtype)
+
+
+def _written(
+    product: torch.Tensor, out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
     """``product`` (any strides and dtype) as a contiguous ``dtype`` tensor of ``shape``; in ``out`` if given."""
     if out is None:
         if product.dtype == dtype and product.is_contiguous():

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import blipkit
 from blipkit.modeling import linear
+from blipkit.modeling.layers import Attention, attention_ready
 from blipkit.modeling.vision import VisionEmbeddings
 from tests.parity.test_t5 import saved_blip2
 from tests.reference import IMAGE_SIZE, save_reference
@@ -93,3 +94,22 @@ def test_patch_embedding_in_float32_where_bf16_is_slow(monkeypatch, slow):
     monkeypatch.setattr(F, "conv2d", lambda x, *_, **__: computed_in.append(x.dtype) or expected.to(x.dtype))
     assert torch.equal(embeddings.embed_patches(pixels), expected.to(torch.bfloat16))
     assert computed_in == [torch.float32 if slow else torch.bfloat16]
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_decoder_keys_and_values_over_the_image_are_projected_straight_to_float32_where_bf16_is_slow(monkeypatch, slow):
+    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", slow)
+    generator = torch.Generator().manual_seed(0)
+    attention = Attention(32, 4, kv_dim=48).to(torch.bfloat16)
+    for param in attention.parameters():
+        param.data = torch.randn(param.shape, generator=generator).to(torch.bfloat16)
+    image = torch.randn(2, 17, 48, generator=generator).to(torch.bfloat16)
+    keys, values = attention_ready(attention, image)
+    for got, proj in ((keys, attention.k), (values, attention.v)):
+        exact = F.linear(image.float(), proj.weight.float(), proj.bias.float()).unflatten(-1, (4, 8)).transpose(1, 2)
+        if slow:  # float32 from float32 products: not rounded to bf16 on the way
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-4)
+            assert not torch.equal(got, exact.bfloat16().float())
+        else:
+            assert got.dtype == torch.bfloat16

@@ -175,7 +175,12 @@ def test_image_tokens_are_encoded_once_and_not_copied_per_beam(captioner, pixels
     layer = ours.text_decoder.bert.layers[0].cross_attn
     calls = []
     original = layer.project_kv
-    monkeypatch.setattr(layer, "project_kv", lambda context: calls.append(context.shape) or original(context))
+
+    def spy(context, dtype=None):
+        calls.append(context.shape)
+        return original(context, dtype)
+
+    monkeypatch.setattr(layer, "project_kv", spy)
     ours.generate(pixels, num_beams=4, max_new_tokens=6)
     assert calls == [torch.Size([4, 17, 48])]
 

@@ -53,3 +53,31 @@ def test_writing_into_a_buffer_gives_f_linears_bits(with_bias):
     bias = torch.randn(200, generator=generator) if with_bias else None
     buffer = torch.empty(4, 50, 200)
     assert torch.equal(linear.linear(x, weight, bias, out=buffer), F.linear(x, weight, bias))
+
+
+@pytest.mark.parametrize("rows", [3, 40])
+@pytest.mark.parametrize("into_buffer", [False, True])
+def test_gradients_flow_through_every_form(monkeypatch, rows, into_buffer):
+    """Training a bf16 model on a CPU without bf16 instructions: the float32 slices and out= buffers used for
+    inference are not recordable by autograd, so tracked products take a differentiable float32 form."""
+    monkeypatch.setattr(linear, "UPCAST_MIN_ROWS", 8)
+    generator = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 23, generator=generator).bfloat16().requires_grad_()
+    weight = torch.randn(37, 23, generator=generator).bfloat16().requires_grad_()
+    bias = torch.randn(37, generator=generator).bfloat16().requires_grad_()
+    buffer = torch.empty(rows, 37, dtype=torch.bfloat16) if into_buffer else None
+    out = linear.linear(x, weight, bias, out=buffer)
+    out.float().square().sum().backward()
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    F.linear(x64, w64, b64).square().sum().backward()
+    assert out.dtype == torch.bfloat16 and (out is buffer) == into_buffer
+    for got, truth in ((x.grad, x64.grad), (weight.grad, w64.grad), (bias.grad, b64.grad)):
+        torch.testing.assert_close(got.double(), truth, rtol=2**-7, atol=2**-7 * truth.abs().max().item())
+
+
+def test_int8_weights_pass_gradients_to_their_inputs():
+    weight = torch.randint(-127, 128, (64, 64), dtype=torch.int8, generator=torch.Generator().manual_seed(0))
+    scale = torch.rand(64, generator=torch.Generator().manual_seed(1)) / 100
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(2)).requires_grad_()
+    linear.linear(x, weight, scale=scale).sum().backward()
+    torch.testing.assert_close(x.grad, (weight.float() * scale[:, None]).sum(0).expand(4, -1))
