@@ -164,11 +164,13 @@ class Attention(nn.Module):
     def project_kv(self, context: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of ``context``, split into heads: two (batch, heads, tokens, head_dim), in ``dtype``
         (default: the context's)."""
-        if dtype is None or dtype == context.dtype:
-            return self._heads(self.k(context)), self._heads(self.v(context))
         shape = (*context.shape[:-1], self.k.out_features)
-        k = self.k(context, out=torch.empty(shape, dtype=dtype, device=context.device))
-        return self._heads(k), self._heads(self.v(context, out=torch.empty(shape, dtype=dtype, device=context.device)))
+
+        def project(layer: Linear) -> torch.Tensor:
+            into = None if dtype in (None, context.dtype) else torch.empty(shape, dtype=dtype, device=context.device)
+            return self._heads(layer(context, out=into))
+
+        return project(self.k), project(self.v)
 
     def forward(
         self,

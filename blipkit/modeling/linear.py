@@ -77,11 +77,11 @@ def linear(
     if out is None or out.dtype != x.dtype:
         return _written(F.linear(x, weight, bias), out, shape, x.dtype)
     # What F.linear runs for a contiguous input (the same kernel, so the same bits), written into ``out``.
-    flat = out.view(rows, -1)
+    flat_x, flat_out = x.reshape(rows, -1), out.view(rows, -1)
     if bias is None:
-        torch.mm(x.reshape(rows, -1), weight.t(), out=flat)
+        torch.mm(flat_x, weight.t(), out=flat_out)
     else:
-        torch.addmm(bias, x.reshape(rows, -1), weight.t(), out=flat)
+        torch.addmm(bias, flat_x, weight.t(), out=flat_out)
     return out
 
 
@@ -101,7 +101,7 @@ def _differentiable_linear(
         product = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
     else:
         product = F.linear(x, weight, bias)
-    return _written(product, out, (*x.shape[:-1], weight.shape[0]), x.dtype)
+    return _written(product, out, product.shape, x.dtype)
 
 
 def _written(
