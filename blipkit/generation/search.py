@@ -118,7 +118,10 @@ def _beam_search(decoder, ids, mask, config, process, eos, max_length, generator
         total = (log_probs.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, -1)
         if config.do_sample:
             flat = torch.multinomial(total.softmax(-1), keep, generator=generator)
-            top_scores = total.gather(1, flat)
+            # Best first, as topk gives them: only the top `beams` candidates may finish, so a finished draw must
+            # not lose its place for having been drawn late (the reference sorts the same way since 5.24).
+            top_scores, order = total.gather(1, flat).sort(dim=1, descending=True)
+            flat = flat.gather(1, order)
         else:
             top_scores, flat = torch.topk(total, keep)
         parents, tokens = flat // vocab, flat % vocab

@@ -112,14 +112,26 @@ def test_generated_ids_match(tmp_path, settings):
         assert actual.tolist() == expected.tolist()
 
 
-def test_sampling_matches_under_the_same_seed(tmp_path):
+SAMPLING = [
+    {"do_sample": True, "top_k": 10},
+    {"do_sample": True, "num_beams": 3},
+    {"do_sample": True, "num_beams": 2, "num_return_sequences": 2, "top_k": 10},
+]
+
+
+@pytest.mark.parametrize("settings", SAMPLING, ids=str)
+def test_sampling_matches_under_the_same_seed(tmp_path, settings):
     reference = reference_blip2(tmp_path)
+    with torch.no_grad():  # make the end token likely, so sampled beams finish at different steps
+        reference.language_model.model.decoder.embed_tokens.weight[2] *= 2.5
+    reference.save_pretrained(tmp_path)
     ours = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path)
     inputs = prompt_inputs()
-    torch.manual_seed(5)
-    expected = reference.generate(**inputs, do_sample=True, top_k=10, max_new_tokens=6)
-    torch.manual_seed(5)
-    assert ours.generate(**inputs, do_sample=True, top_k=10, max_new_tokens=6).tolist() == expected.tolist()
+    for seed in range(10):
+        torch.manual_seed(seed)
+        expected = reference.generate(**inputs, max_new_tokens=6, **settings)
+        torch.manual_seed(seed)
+        assert ours.generate(**inputs, max_new_tokens=6, **settings).tolist() == expected.tolist(), f"seed {seed}"
 
 
 def test_rows_finishing_early_are_padded(tmp_path):

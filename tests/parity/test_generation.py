@@ -138,24 +138,35 @@ def test_vqa_answer_ids_match(answerer, pixels, settings):
     )
 
 
+# Beam sampling over many seeds: one lucky seed once hid a difference in the order of its sampled candidates.
+BEAM_SEEDS, SAMPLE_SEEDS = range(10), range(3)
+
+
 @pytest.mark.parametrize(
-    "settings",
+    ("settings", "seeds"),
     [
-        {"do_sample": True},
-        {"do_sample": True, "temperature": 0.7, "top_k": 20},
-        {"do_sample": True, "top_p": 0.9, "top_k": 0},
-        {"do_sample": True, "num_return_sequences": 3},
-        {"do_sample": True, "num_beams": 3},
+        ({"do_sample": True}, SAMPLE_SEEDS),
+        ({"do_sample": True, "temperature": 0.7, "top_k": 20}, SAMPLE_SEEDS),
+        ({"do_sample": True, "top_p": 0.9, "top_k": 0}, SAMPLE_SEEDS),
+        ({"do_sample": True, "num_return_sequences": 3}, SAMPLE_SEEDS),
+        ({"do_sample": True, "num_beams": 2}, BEAM_SEEDS),
+        ({"do_sample": True, "num_beams": 3}, BEAM_SEEDS),
+        ({"do_sample": True, "num_beams": 2, "num_return_sequences": 2}, BEAM_SEEDS),
+        (
+            {"do_sample": True, "num_beams": 4, "num_return_sequences": 2, "top_k": 30, "length_penalty": 0.5},
+            BEAM_SEEDS,
+        ),
     ],
     ids=str,
 )
-def test_sampling_matches_the_reference_under_the_same_seed(captioner, pixels, settings):
+def test_sampling_matches_the_reference_under_the_same_seed(captioner, pixels, settings, seeds):
     reference, ours = captioner
-    torch.manual_seed(1234)
-    expected = reference.generate(pixel_values=pixels, max_new_tokens=10, **settings)
-    torch.manual_seed(1234)
-    actual = ours.generate(pixels, max_new_tokens=10, **settings)
-    assert actual.tolist() == expected.tolist()
+    for seed in seeds:
+        torch.manual_seed(seed)
+        expected = reference.generate(pixel_values=pixels, max_new_tokens=10, **settings)
+        torch.manual_seed(seed)
+        actual = ours.generate(pixels, max_new_tokens=10, **settings)
+        assert actual.tolist() == expected.tolist(), f"seed {seed}"
 
 
 def test_sampling_with_a_generator_is_reproducible(captioner, pixels):
