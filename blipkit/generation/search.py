@@ -11,8 +11,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from blipkit.generation import logits as lp
+from blipkit.generation.cache import grown_capacity
 from blipkit.generation.config import GenerationConfig
 
 NEG = -1.0e9  # the reference's score for "impossible" in beam search
@@ -98,8 +100,8 @@ def _beam_search(decoder, ids, mask, config, process, eos, max_length, generator
     # so BLIP's beam outputs end in [SEP] (its eos) rather than [PAD]. We write what it writes.
     fill = -1 if eos is None else (config.pad_token_id or int(eos[0]))
 
-    running = torch.full((batch, beams, max_length), fill, dtype=torch.long, device=device)
-    running[:, :, :prompt_length] = ids.view(batch, beams, -1)
+    # (batch, beams, width): widened with `fill` as decoding goes, never to max_length up front.
+    running = ids.view(batch, beams, -1).clone()
     finished_seqs = running.clone()
     running_scores = torch.zeros(batch, beams, device=device)
     running_scores[:, 1:] = NEG
@@ -113,6 +115,9 @@ def _beam_search(decoder, ids, mask, config, process, eos, max_length, generator
     logits = decoder(ids, positions, mask)
     length = prompt_length
     while True:
+        running = _with_room(running, length + 1, max_length, fill)
+        finished_seqs = _with_room(finished_seqs, length + 1, max_length, fill)
+        width = running.shape[2]
         log_probs = process(running[:, :, :length].reshape(batch * beams, length), logits.float().log_softmax(-1))
         vocab = log_probs.shape[-1]
         total = (log_probs.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, -1)
@@ -125,7 +130,7 @@ def _beam_search(decoder, ids, mask, config, process, eos, max_length, generator
         else:
             top_scores, flat = torch.topk(total, keep)
         parents, tokens = flat // vocab, flat % vocab
-        candidates = running.gather(1, parents[:, :, None].expand(-1, -1, max_length)).clone()
+        candidates = running.gather(1, parents[:, :, None].expand(-1, -1, width)).clone()
         candidates[:, :, length] = tokens
         hits_stop = (length + 1 >= max_length) | (
             torch.isin(tokens, eos) if eos is not None else torch.zeros_like(tokens, dtype=torch.bool)
@@ -134,7 +139,7 @@ def _beam_search(decoder, ids, mask, config, process, eos, max_length, generator
         # The best `beams` candidates that did not stop keep running.
         running_candidates = top_scores + hits_stop.float() * NEG
         chosen = torch.topk(running_candidates, beams)[1]
-        running = candidates.gather(1, chosen[:, :, None].expand(-1, -1, max_length))
+        running = candidates.gather(1, chosen[:, :, None].expand(-1, -1, width))
         running_scores = running_candidates.gather(1, chosen)
         chosen_parents = parents.gather(1, chosen)
 
@@ -146,7 +151,7 @@ def _beam_search(decoder, ids, mask, config, process, eos, max_length, generator
         merged_scores = torch.cat([finished_scores, normalised], 1)
         best = torch.topk(merged_scores, beams)[1]
         merged_seqs = torch.cat([finished_seqs, candidates], 1)
-        finished_seqs = merged_seqs.gather(1, best[:, :, None].expand(-1, -1, max_length))
+        finished_seqs = merged_seqs.gather(1, best[:, :, None].expand(-1, -1, width))
         finished_scores = merged_scores.gather(1, best)
         new_lengths = torch.full_like(tokens, length + 1 - prompt_length)
         finished_lengths = torch.cat([finished_lengths, new_lengths], 1).gather(1, best)
@@ -169,8 +174,15 @@ def _beam_search(decoder, ids, mask, config, process, eos, max_length, generator
         logits = decoder(running[:, :, length - 1].reshape(-1, 1), positions, mask)
 
     returned = config.num_return_sequences
-    sequences = finished_seqs[:, :returned].reshape(batch * returned, max_length)
+    sequences = finished_seqs[:, :returned].reshape(batch * returned, -1)
     return sequences[:, : prompt_length + int(finished_lengths[:, :returned].max())]
+
+
+def _with_room(seqs: torch.Tensor, needed: int, max_length: int, fill: int) -> torch.Tensor:
+    """``seqs`` (batch, beams, width), widened with ``fill`` when it cannot hold ``needed`` positions."""
+    if needed <= seqs.shape[2]:
+        return seqs
+    return F.pad(seqs, (0, grown_capacity(seqs.shape[2], needed, max_length) - seqs.shape[2]), value=fill)
 
 
 def _improvement_possible(running_scores, finished_scores, is_finished, length, prompt_length, max_length, config):
