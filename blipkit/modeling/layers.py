@@ -23,8 +23,10 @@ ACTIVATIONS = {
 def attention_ready(attention: Attention, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``attention``'s keys and values over ``context``, for many attention calls (a decoder's view of the image):
     in float32 where the low precision is slow - one query token against hundreds of bfloat16 keys ran 8x slower
-    than in float32. They are projected straight into float32, never rounded to bfloat16 on the way."""
-    return attention.project_kv(context, torch.float32 if computes_low_precision_slowly(context) else None)
+    than in float32. They are projected straight into float32, never rounded to bfloat16 on the way. Each is made
+    contiguous in its (batch, heads, tokens, head_dim) layout once, rather than copied by every step that reads it."""
+    keys, values = attention.project_kv(context, torch.float32 if computes_low_precision_slowly(context) else None)
+    return keys.contiguous(), values.contiguous()
 
 
 class StepDecoder:
@@ -194,24 +196,71 @@ class Attention(nn.Module):
         if q.dtype != k.dtype:  # float32 keys and values from ``attention_ready`` take float32 queries (and mask)
             q = q.to(k.dtype)
             mask = mask.to(k.dtype) if mask is not None and mask.is_floating_point() else mask
-        groups = q.shape[0] // k.shape[0]
-        if groups > 1:
-            # Several query rows per key/value row (beams or samples of one image, rows context-major): fold them
-            # into the query length, so every group reads one shared copy of the context's keys and values.
-            rows, heads, tokens, dim = q.shape
-            q = q.view(k.shape[0], groups, heads, tokens, dim).transpose(1, 2).reshape(k.shape[0], heads, -1, dim)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-            scale=self.scale,
-        )
-        if groups > 1:
-            out = out.view(k.shape[0], heads, groups, tokens, dim).transpose(1, 2).reshape(rows, heads, tokens, dim)
+        dropout = self.dropout if self.training else 0.0
+        out = attend(q, k, v, mask, is_causal=is_causal, scale=self.scale, dropout=dropout)
         return self.o(out.transpose(1, 2).flatten(2).to(x.dtype))
+
+
+# Up to this many query tokens per key/value row (decode steps, beams folded in), attention in bf16/fp16 on CPUs with
+# native bf16 is faster as matmul-softmax-matmul than through SDPA's CPU kernel (see the README's Performance).
+EAGER_MAX_QUERIES = 16
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Attention of (rows, heads, queries, head_dim) ``q`` over (kv_rows, heads, keys, head_dim) ``k`` and ``v``,
+    in its fastest form for the shape, dtype and CPU class.
+
+    ``mask`` is additive or boolean, broadcastable to (rows, heads, queries, keys). With fewer key/value rows than
+    query rows, consecutive groups of query rows share one key/value row (the mask must then have a query
+    dimension of 1): they are folded into the query length, so every group reads one shared copy of the context.
+    """
+    groups = q.shape[0] // k.shape[0]
+    rows, heads, tokens, dim = q.shape
+    if groups > 1:
+        q = q.view(k.shape[0], groups, heads, tokens, dim).transpose(1, 2).reshape(k.shape[0], heads, -1, dim)
+    if dropout == 0.0 and _eager_is_faster(q):
+        out = _eager_attention(q, k, v, mask, is_causal, scale)
+    else:
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scale
+        )
+    if groups > 1:
+        out = out.view(k.shape[0], heads, groups, tokens, dim).transpose(1, 2).reshape(rows, heads, tokens, dim)
+    return out
+
+
+def _eager_is_faster(q: torch.Tensor) -> bool:
+    low_precision = q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu"
+    return low_precision and not computes_low_precision_slowly(q) and q.shape[2] <= EAGER_MAX_QUERIES
+
+
+def _eager_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+) -> torch.Tensor:
+    """What SDPA computes, as two products and a float32 softmax between them."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * (scale if scale is not None else q.shape[-1] ** -0.5)
+    if is_causal:  # top-left aligned, as SDPA's is_causal
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask
+    weights = scores.softmax(-1).nan_to_num_(0.0)  # a fully masked row attends to nothing, as SDPA's does
+    return torch.matmul(weights.to(v.dtype), v)
 
 
 class MLP(nn.Module):

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blipkit.modeling.cpu import cpu_class, has_native_bf16
+
 UPCAST_MIN_ROWS = 8
 TRANSPOSED_MAX_ROWS = 128
 UPCAST_BUFFER_ELEMENTS = 4 * 2**20
@@ -30,9 +32,8 @@ UPCAST_BUFFER_ELEMENTS = 4 * 2**20
 INT8_KERNEL_ALIGNMENT = 64
 # Up to 24 rows (a batch of 8 with 3 beams) that kernel was 1.2-3x faster than float32 slices; at 48, slower.
 INT8_KERNEL_MAX_ROWS = 24
-_SLOW_LOW_PRECISION = not any(
-    getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-)
+CPU_CLASS = cpu_class()
+_SLOW_LOW_PRECISION = not has_native_bf16(CPU_CLASS)
 _scratch = threading.local()
 
 

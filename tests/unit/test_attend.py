@@ -1,0 +1,95 @@
+"""``attend``: the eager form some CPU classes take equals SDPA's; the CPU class can be forced for testing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from blipkit.modeling import layers, linear
+from blipkit.modeling.layers import additive_mask, attend, boolean_mask
+
+
+def sample(rows, queries, keys, kv_rows=None, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(rows * 100 + queries)
+    kv_rows = kv_rows or rows
+    q = torch.randn(rows, 4, queries, 8, generator=generator)
+    k, v = (torch.randn(kv_rows, 4, keys, 8, generator=generator) for _ in range(2))
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def sdpa_by_rows(q, k, v, mask, groups):
+    """SDPA with each key/value row repeated for its group of query rows: what folding must equal."""
+    k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+PADDING = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask_kind", ["none", "additive", "boolean", "fully-masked"], ids=lambda m: f"mask={m}")
+@pytest.mark.parametrize("groups", [1, 3])
+def test_eager_attention_equals_sdpa(monkeypatch, dtype, mask_kind, groups):
+    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", False)
+    q, k, v = sample(2 * groups, 1, 7, kv_rows=2, dtype=dtype)
+    padding = PADDING.clone()
+    if mask_kind == "fully-masked":
+        padding[1] = 0
+    mask = {
+        "none": None,
+        "additive": additive_mask(padding, 1, dtype),
+        "boolean": boolean_mask(padding, 1),
+        "fully-masked": boolean_mask(padding, 1),
+    }[mask_kind]
+    per_row = None if mask is None else mask.repeat_interleave(groups, 0)
+    per_row = per_row.float() if per_row is not None and per_row.is_floating_point() else per_row
+    expected = sdpa_by_rows(q.float(), k.float(), v.float(), per_row, groups)
+    eager = layers._eager_attention  # the form attend takes here must be the eager one
+    calls = []
+    monkeypatch.setattr(layers, "_eager_attention", lambda *a: calls.append(1) or eager(*a))
+    actual = attend(q, k, v, mask)
+    assert calls == ([1] if dtype == torch.bfloat16 else [])
+    tolerance = 1e-6 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(actual.float(), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_eager_causal_attention_is_top_left_aligned_as_sdpa(monkeypatch):
+    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", False)
+    q, k, v = sample(2, 5, 5)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(layers._eager_attention(q, k, v, None, True, None), expected)
+    torch.testing.assert_close(
+        layers._eager_attention(q, k, v, None, False, 0.3), F.scaled_dot_product_attention(q, k, v, scale=0.3)
+    )
+
+
+def test_many_queries_and_slow_bf16_cpus_keep_sdpa(monkeypatch):
+    calls = []
+    monkeypatch.setattr(layers, "_eager_attention", lambda *a: calls.append(1))
+    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", False)
+    attend(*sample(2, layers.EAGER_MAX_QUERIES + 1, 7, dtype=torch.bfloat16))
+    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", True)
+    attend(*sample(2, 1, 7, dtype=torch.bfloat16))
+    assert calls == []
+
+
+def run_python(code: str, cpu_class: str) -> subprocess.CompletedProcess:
+    env = {"BLIPKIT_CPU_CLASS": cpu_class, "PATH": ""}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize("cpu_class, slow", [("avx2", True), ("avx512_bf16", False), ("amx", False)])
+def test_the_cpu_class_can_be_forced(cpu_class, slow):
+    done = run_python(
+        "from blipkit.modeling import linear; print(linear.CPU_CLASS, linear._SLOW_LOW_PRECISION)", cpu_class
+    )
+    assert done.stdout.split() == [cpu_class, str(slow)], done.stderr
+
+
+def test_an_unknown_cpu_class_is_refused():
+    done = run_python("import blipkit.modeling.linear", "avx9000")
+    assert "BLIPKIT_CPU_CLASS='avx9000' is not a CPU class; use one of avx2, avx512_bf16, amx" in done.stderr
