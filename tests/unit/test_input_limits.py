@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import threading
+import time
+
 import pytest
 import torch
+from PIL import Image
 
 import blipkit
 from blipkit.generation.cache import KVCache
+from blipkit.processing.image import ImageError, load_image
+from tests.conftest import IMAGES
 from tests.reference import perturb_
 
 # --- generation: caches and beams grow with what is generated, not with max_new_tokens ----------------------------
@@ -75,3 +83,124 @@ def test_t5_generation_past_the_first_chunk_grows_and_matches_the_reference(t5, 
     expected = reference.generate(**t5_inputs(), **long)
     assert ours.generate(**t5_inputs(), **long).tolist() == expected.tolist()
     assert sorted(set(cache_capacities)) == [65, 130, 151]  # doubled, then capped by max_length
+
+
+# --- image URLs: a size cap, an overall deadline, few redirects ----------------------------------------------------
+
+LIMIT = 1000  # bytes, for the tests
+PHOTO = IMAGES[0].read_bytes()
+
+
+class ImageServer(http.server.BaseHTTPRequestHandler):
+    """The ways a server can make an image download cost too much, one path each."""
+
+    def do_GET(self):
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+            getattr(self, "serve_" + self.path.strip("/").split("/")[0])()
+
+    def serve_photo(self):
+        self.send_body(PHOTO)
+
+    def serve_declared_too_big(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(LIMIT + 1))
+        self.end_headers()
+
+    def serve_streams_too_much(self):
+        self.send_response(200)  # no Content-Length: the body ends when the connection closes
+        self.end_headers()
+        for _ in range(10):
+            self.wfile.write(b"x" * LIMIT)
+
+    def serve_trickles(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "60")
+        self.end_headers()
+        for _ in range(60):  # 3 s in all, far past the test's deadline
+            self.wfile.write(b"x")
+            self.wfile.flush()
+            time.sleep(0.05)
+
+    def serve_hops(self):  # /hops/N redirects N more times, then to the photo
+        left = int(self.path.split("/")[2])
+        self.redirect(f"/hops/{left - 1}" if left else "/photo")
+
+    def serve_loop(self):
+        self.redirect("/loop")
+
+    def serve_to_ftp(self):
+        self.redirect("ftp://127.0.0.1/photo.jpg")
+
+    def send_body(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def redirect(self, location):
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), ImageServer) as httpd:
+        httpd.daemon_threads = True
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        httpd.shutdown()
+
+
+@pytest.fixture
+def limits(monkeypatch):
+    monkeypatch.setenv("BLIPKIT_MAX_IMAGE_BYTES", str(LIMIT))
+    monkeypatch.setenv("BLIPKIT_URL_DEADLINE", "0.5")
+
+
+def test_url_image_within_the_limits_loads(server):
+    assert load_image(f"{server}/photo").size == Image.open(IMAGES[0]).size
+    assert load_image(f"{server}/hops/4").size == Image.open(IMAGES[0]).size  # 5 redirects: allowed
+
+
+def test_url_image_declared_over_the_size_limit(server, limits):
+    url = f"{server}/declared_too_big"
+    with pytest.raises(ImageError, match=f"image URL {url} is 1001 bytes, over the 1000-byte limit"):
+        load_image(url)
+
+
+def test_url_image_streaming_past_the_size_limit(server, limits):
+    url = f"{server}/streams_too_much"
+    with pytest.raises(ImageError, match=rf"image URL {url} sends more than the 1000-byte limit \(BLIPKIT_MAX"):
+        load_image(url)
+
+
+def test_url_image_trickling_past_the_deadline(server, limits):
+    url = f"{server}/trickles"
+    started = time.monotonic()
+    with pytest.raises(ImageError, match=rf"image URL {url} took longer than the 0.5 s limit \(BLIPKIT_URL_DEADLINE\)"):
+        load_image(url)
+    assert time.monotonic() - started < 2.5  # stopped by the deadline, not by the end of the body
+
+
+def test_url_image_redirects(server):
+    url = f"{server}/loop"
+    with pytest.raises(ImageError, match=f"image URL {url} redirects more than 5 times"):
+        load_image(url)
+    with pytest.raises(ImageError, match=f"image URL {server}/hops/5 redirects more than 5 times"):
+        load_image(f"{server}/hops/5")
+    url = f"{server}/to_ftp"
+    with pytest.raises(ImageError, match=f"{url} redirects to ftp://127.0.0.1/photo.jpg: only http and https"):
+        load_image(url)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "lots", "inf"])
+def test_url_limits_from_the_environment_must_be_positive_numbers(server, monkeypatch, value):
+    monkeypatch.setenv("BLIPKIT_URL_DEADLINE", value)
+    with pytest.raises(ValueError, match=f"BLIPKIT_URL_DEADLINE must be a positive, finite float, got '{value}'"):
+        load_image(f"{server}/photo")
