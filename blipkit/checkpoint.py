@@ -7,6 +7,7 @@ import math
 import mmap
 import os
 import re
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,8 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
         yield from _map_safetensors(path)
         return
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # Only the zip format (torch >= 1.6) can be memory-mapped; the legacy pickle format is read whole.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # torch raises many kinds for a broken pickle or zip
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict):
