@@ -11,11 +11,20 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from blipkit.defaults import DEFAULT_MODELS
 
 PROGRESS_THRESHOLD = 4  # show a progress bar from this many images on
+# Inputs only a batch job reads (blipkit.jobs.sources), by what they are, and what each command's job does to them.
+COLLECTION_SUFFIXES = {
+    ".txt": "a list of images",
+    ".csv": "a table",
+    ".parquet": "a table",
+    ".tar": "a webdataset shard",
+}
+JOB_ACTIONS = {"caption": "caption", "ask": "answer the question for", "match": "score"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,9 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("match needs at least one TEXT (or --out for a batch job)")
     if args.command == "match" and args.out and len(args.texts) > 1:
         parser.error("with --out, give one TEXT (or --text) to match every image against")
+    # huggingface_hub logs every retry of an unreachable Hub to stderr; a failure here is reported in one line.
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     try:
         if getattr(args, "out", None):
             return run_job(args)
+        if args.command in JOB_ACTIONS:
+            _refuse_collections(args)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         resume = " (rerun the same command to resume)" if getattr(args, "out", None) else ""
@@ -122,6 +135,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"blipkit: error: {message}", file=sys.stderr)
         return 1
+
+
+def _refuse_collections(args: argparse.Namespace) -> None:
+    """Without --out, a folder, glob, list, table or shard would be read as one image and reported missing."""
+    for spec in args.images if args.command == "caption" else [args.image]:
+        kind = _collection_kind(spec)
+        if kind is not None:
+            action = JOB_ACTIONS[args.command]
+            raise ValueError(f"{spec} is {kind}: give --out FILE to {action} every image in it as a batch job")
+
+
+def _collection_kind(spec: str) -> str | None:
+    path = Path(spec)
+    if path.is_dir():
+        return "a folder"
+    if path.is_file():
+        return COLLECTION_SUFFIXES.get(path.suffix.lower())
+    if any(ch in spec for ch in "*?["):  # a pattern the shell left alone (quoted, or matching nothing)
+        return "a glob pattern"
+    return None
 
 
 def _generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:

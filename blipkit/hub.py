@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
@@ -28,7 +29,7 @@ def resolve_file(
     HF_HUB_OFFLINE and HF_TOKEN work as they do everywhere else. With ``required=False`` a file the
     repository does not have gives None.
     """
-    local = Path(name_or_path)
+    local = Path(name_or_path).expanduser()
     if local.is_dir():
         candidate = local / filename
         if candidate.is_file():
@@ -39,8 +40,8 @@ def resolve_file(
     if local.exists():
         raise ModelNotFoundError(f"{local} is a file; expected a model directory or a Hub repository id")
     repo_id = str(name_or_path)
-    if repo_id.count("/") > 1 or repo_id.startswith((".", "/", "~")):
-        raise ModelNotFoundError(f"no model directory at {repo_id}")
+    if _looks_like_a_path(repo_id):  # a mistyped directory, not a Hub id: asking the Hub would only confuse
+        raise ModelNotFoundError(f"no model directory at {repo_id}{_did_you_mean(local)}")
 
     import huggingface_hub
     from huggingface_hub.errors import (
@@ -75,6 +76,22 @@ def resolve_file(
         ) from None
     except RevisionNotFoundError:
         raise ModelNotFoundError(f"{repo_id} has no revision {revision!r}") from None
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """Whether ``name`` (not an existing path) reads as a local path rather than a Hub id ("org/model")."""
+    if name.count("/") > 1 or name.startswith((".", "/", "~")):
+        return True
+    return "/" in name and Path(name).parent.is_dir()
+
+
+def _did_you_mean(path: Path) -> str:
+    """' (did you mean models/caption?)' where the missing directory's folder has one of a close name."""
+    if not path.parent.is_dir():
+        return ""
+    siblings = [p.name for p in path.parent.iterdir() if p.is_dir()]
+    close = difflib.get_close_matches(path.name, siblings, n=1)
+    return f" (did you mean {path.parent / close[0]}?)" if close else ""
 
 
 def read_json(path: Path, error: type[Exception] = ValueError) -> dict[str, Any]:
