@@ -11,12 +11,14 @@ import torch
 from blipkit.defaults import DEFAULT_MODELS
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.processing.processors import BlipProcessor
+from blipkit.processing.text import check_text, check_texts
 
 
 class Pipeline:
     """A loaded model and processor, and how one task turns inputs into results, in batches of ``batch_size``."""
 
     model_class: str = ""
+    command: str | None = None  # the `blipkit` command that runs this task, if one does
 
     def __init__(self, model: PreTrainedModel, processor: BlipProcessor, batch_size: int = 8) -> None:
         if batch_size < 1:
@@ -45,8 +47,11 @@ class ImageToTextPipeline(Pipeline):
     """``pipe(image_or_images, prompt=None, **generate_kwargs)`` -> ``[{"generated_text": ...}]`` per image."""
 
     model_class = "BlipForConditionalGeneration"
+    command = "caption"
 
     def __call__(self, images: Any, prompt: str | None = None, **generate_kwargs: Any) -> list:
+        if prompt is not None:
+            check_text(prompt, "prompt")
         items, single = _as_list(images)
         results = []
         with torch.no_grad():
@@ -68,12 +73,15 @@ class VisualQuestionAnsweringPipeline(Pipeline):
     same question for all) gives a list of those."""
 
     model_class = "BlipForQuestionAnswering"
+    command = "ask"
 
     def __call__(self, image: Any = None, question: str | Sequence[str] | None = None, **generate_kwargs: Any) -> list:
         if image is None or question is None:
             raise ValueError("visual-question-answering needs both image= and question=")
+        questions = check_texts(question, "question")
         images, single = _as_list(image)
-        questions = [question] * len(images) if isinstance(question, str) else list(question)
+        if isinstance(question, str):
+            questions *= len(images)
         if len(questions) != len(images):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions")
         results = []
@@ -93,11 +101,10 @@ class ImageTextMatchingPipeline(Pipeline):
     that the text matches the image, ``similarity`` the ITC cosine similarity of their embeddings."""
 
     model_class = "BlipForImageTextRetrieval"
+    command = "match"
 
     def __call__(self, image: Any, text: str | Sequence[str]) -> list:
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts:
-            raise ValueError("give at least one text to match")
+        texts = check_texts(text)
         results = []
         with torch.no_grad():
             for chunk in self._batches(texts):
@@ -129,9 +136,9 @@ class ZeroShotImageClassificationPipeline(Pipeline):
         hypothesis_template: str = "a photo of {}",
         temperature: float = 0.07,
     ) -> list:
-        labels = list(candidate_labels)
-        if not labels:
-            raise ValueError("candidate_labels is empty: give at least one label")
+        labels = check_texts(candidate_labels, "candidate_labels")
+        if "{}" not in check_text(hypothesis_template, "hypothesis_template"):
+            raise ValueError(f"hypothesis_template must hold {{}} where each label goes, got {hypothesis_template!r}")
         texts = [hypothesis_template.format(label) for label in labels]
         with torch.no_grad():
             similarities = torch.cat(
@@ -186,6 +193,15 @@ def pipeline(
     )
     processor = BlipProcessor.from_pretrained(source, use_fast=use_fast, **hub)
     return pipeline_class(loaded, processor, batch_size=batch_size)
+
+
+def task_hint(model_class: str) -> str:
+    """' (task, `blipkit command`)' for the first task whose pipeline runs ``model_class``; '' if none does."""
+    for task, pipeline_class in TASKS.items():
+        if pipeline_class.model_class == model_class:
+            command = f", `blipkit {pipeline_class.command}`" if pipeline_class.command else ""
+            return f" ({task}{command})"
+    return ""
 
 
 def _as_list(images: Any) -> tuple[list[Any], bool]:

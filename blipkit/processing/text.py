@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,8 @@ class TextTokenizer:
         """Encode one text or a batch: ``input_ids`` and ``attention_mask``, as lists or (``"pt"``) tensors."""
         texts = check_texts(text)
         ids = [e.ids for e in self._encode(texts, add_special_tokens, truncation, max_length)]
+        if max_length is None:  # as the reference: an explicit max_length says the caller chose the length
+            self._warn_if_too_long(ids)
         if padding in (True, "longest", "max_length"):
             width = max(len(s) for s in ids)
             if padding == "max_length":
@@ -165,6 +169,17 @@ class TextTokenizer:
             raise ValueError(f"cannot truncate to max_length={limit}: {e}") from e
         finally:
             self._tokenizer.no_truncation()
+
+    def _warn_if_too_long(self, ids: list[list[int]]) -> None:
+        """Warn, as the reference does, of text the model cannot read whole (it refuses more than its positions)."""
+        longest = max(len(s) for s in ids)
+        if self.model_max_length and longest > self.model_max_length:
+            warnings.warn(
+                "Token indices sequence length is longer than the specified maximum sequence length for this model "
+                f"({longest} > {self.model_max_length}). Running this sequence through the model will result in "
+                f"indexing errors: pass truncation=True to cut it to {self.model_max_length} tokens",
+                stacklevel=3,
+            )
 
     # -------------------------------------------------------------------------------------------- decoding
     def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
@@ -230,18 +245,29 @@ def _pad(sequence: list[int], width: int, value: int, side: str) -> list[int]:
     return padding + sequence if side == "left" else sequence + padding
 
 
-def check_texts(text: Any) -> list[str]:
-    """Accept one string or a non-empty list of strings; name what is wrong otherwise."""
+def check_texts(text: Any, name: str = "text") -> list[str]:
+    """Accept one string or a non-empty list of strings (``name`` says which argument); name what is wrong otherwise."""
     if isinstance(text, str):
         return [text]
     if isinstance(text, (list, tuple)):
         if not text:
-            raise ValueError("text is an empty list: give at least one string")
-        bad = [i for i, t in enumerate(text) if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"text must be strings; item {bad[0]} is {type(text[bad[0]]).__name__}")
+            raise ValueError(f"{name} is an empty list: give at least one string")
+        bad = next((i for i, t in enumerate(text) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise TypeError(f"{name} must be strings; item {bad} is {_describe(text[bad])}")
         return list(text)
-    raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}")
+    raise TypeError(f"{name} must be a string or a list of strings, got {_describe(text)}")
+
+
+def check_text(text: Any, name: str) -> str:
+    """Accept one string; name the argument and the value otherwise."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a string, got {_describe(text)}")
+    return text
+
+
+def _describe(value: Any) -> str:
+    return f"{reprlib.repr(value)} ({type(value).__name__})"
 
 
 def _token_content(token: Any) -> str | None:

@@ -72,7 +72,7 @@ def test_tokenizer_rejects_empty_and_non_string_text():
     tokenizer = BlipTokenizer.from_vocab(VOCAB)
     with pytest.raises(ValueError, match="text is an empty list"):
         tokenizer([])
-    with pytest.raises(TypeError, match="text must be strings; item 1 is int"):
+    with pytest.raises(TypeError, match=r"text must be strings; item 1 is 3 \(int\)"):
         tokenizer(["ok", 3])
     with pytest.raises(ValueError, match="pass padding=True"):
         tokenizer(["a", "a much longer text"], return_tensors="pt")
