@@ -49,6 +49,9 @@ def run(
     **generate_kwargs: Any,
 ) -> JobSummary:
     """Run ``task`` ("caption", "ask", "match", "embed") over ``inputs``, appending to ``out``; see the README."""
+    from blipkit.devices import check_device
+
+    check_device(device)  # an unknown or absent device fails here, before the output file is created
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if engine not in ("local", "ray"):

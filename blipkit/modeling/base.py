@@ -19,9 +19,13 @@ from blipkit.checkpoint import (
     weight_files,
 )
 from blipkit.configs import BaseConfig
+from blipkit.devices import check_device
 from blipkit.modeling.quantize import Int8Linear, quantize_linears
 
 M = TypeVar("M", bound="PreTrainedModel")
+
+# The dtypes every layer has kernels for; others (float8, integers) would load and then fail at the first forward.
+COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 class PreTrainedModel(nn.Module):
@@ -113,19 +117,25 @@ class PreTrainedModel(nn.Module):
         initialises missing weights as the reference would and ignores the rest. ``quantize="int8"`` stores the
         linear layers' weights as int8 (see ``blipkit.modeling.quantize``), quantised as each is read.
         """
+        device = check_device(device) or torch.device("cpu")
         hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
         if config is None:
             config = cls.config_class.from_pretrained(name_or_path, **hub)
         dtype = _resolve_dtype(dtype, config)
-        device = torch.device(device) if device is not None else torch.device("cpu")
         with torch.device("meta"):
             model = cls(config, **model_kwargs)
             if quantize is not None:
                 quantize_linears(model, quantize)
-        model._load_tensors(weight_files(name_or_path, **hub), dtype, device, strict)
+        missing, unexpected, mis_shaped = model._load_tensors(weight_files(name_or_path, **hub), dtype, device)
+        if strict and (missing or unexpected or mis_shaped):
+            raise CheckpointError(model._mismatch_message(name_or_path, missing, unexpected, mis_shaped))
+        model._materialise_missing(dtype, device)
         return model.eval()
 
-    def _load_tensors(self, files: list[Path], dtype: torch.dtype, device: torch.device, strict: bool) -> None:
+    def _load_tensors(
+        self, files: list[Path], dtype: torch.dtype, device: torch.device
+    ) -> tuple[list[str], list[str], list[str]]:
+        """Assign the files' tensors to the model; return the (missing, unexpected, mis-shaped) reference keys."""
         expected = dict(self.state_dict(keep_vars=True))
         quantized = self._is_quantized
         tied = self.tied_reference_keys()
@@ -164,13 +174,27 @@ class PreTrainedModel(nn.Module):
                     setattr(self.get_submodule(owner_name), attribute, shared)
                 seen.add(full)
         missing = [self.key_map.to_reference(k) for k in expected if k not in seen]
-        if strict and (missing or unexpected or mis_shaped):
-            raise CheckpointError(
-                f"the checkpoint does not fit {type(self).__name__}: "
-                + describe_mismatch(missing, unexpected, mis_shaped)
-                + ". Pass strict=False to load it anyway (missing weights are then freshly initialised)."
+        return missing, unexpected, mis_shaped
+
+    def _mismatch_message(
+        self, source: str | os.PathLike, missing: list[str], unexpected: list[str], mis_shaped: list[str]
+    ) -> str:
+        name = type(self).__name__
+        other = _other_model_class(self.config, name)
+        if other is not None:
+            # A checkpoint of another head: listing its keys (and suggesting strict=False, which would run the
+            # wrong head on random weights) hides what is wrong - the task.
+            from blipkit.pipelines import task_hint
+
+            return (
+                f"{source} is a {other} checkpoint{task_hint(other)}, which {name}{task_hint(name)} cannot use: "
+                f"load it with {other}, or give a {name} checkpoint"
             )
-        self._materialise_missing(dtype, device)
+        return (
+            f"the checkpoint does not fit {name}: "
+            + describe_mismatch(missing, unexpected, mis_shaped)
+            + ". Pass strict=False to load it anyway (missing weights are then freshly initialised)."
+        )
 
     def _materialise_missing(self, dtype: torch.dtype, device: torch.device) -> None:
         """Give weights the checkpoint lacked real storage and the reference's initialisation."""
@@ -218,15 +242,27 @@ class PreTrainedModel(nn.Module):
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None, config: BaseConfig) -> torch.dtype:
+    """float32 by default, the checkpoint's for "auto"; only the dtypes the models compute in."""
     if dtype is None:
         return torch.float32
     if dtype == "auto":
         dtype = config.extra.get("dtype") or config.extra.get("torch_dtype") or "float32"
-    if isinstance(dtype, str):
-        resolved = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}; expected e.g. 'float32', 'bfloat16' or 'float16'")
-        dtype = resolved
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point type, got {dtype}")
-    return dtype
+    resolved = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if resolved not in COMPUTE_DTYPES:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in COMPUTE_DTYPES)
+        raise ValueError(f"dtype {dtype!r} is not one blipkit models compute in: use {allowed} or 'auto'")
+    return resolved
+
+
+def _other_model_class(config: BaseConfig, name: str) -> str | None:
+    """The blipkit model class the checkpoint was saved from (its config's ``architectures``), if not ``name``."""
+    import blipkit
+
+    architectures = config.extra.get("architectures") or []
+    if name in architectures:
+        return None
+    return next((a for a in architectures if _is_model_class(getattr(blipkit, a, None))), None)
+
+
+def _is_model_class(candidate: Any) -> bool:
+    return isinstance(candidate, type) and issubclass(candidate, PreTrainedModel)
