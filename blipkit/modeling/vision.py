@@ -142,7 +142,16 @@ def check_pixel_values(pixel_values: torch.Tensor | None, patch_size: tuple[int,
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
     if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
         raise ValueError(f"pixel_values must have shape (batch, 3, height, width), got {tuple(pixel_values.shape)}")
+    if pixel_values.shape[0] == 0:
+        raise ValueError("pixel_values is empty: got a batch of 0 images")
     if pixel_values.shape[-2] < patch_size[0] or pixel_values.shape[-1] < patch_size[1]:
         raise ValueError(
             f"pixel_values of size {tuple(pixel_values.shape[-2:])} are smaller than one patch {patch_size}"
+        )
+    # One pass over the pixels, cheap beside the ViT; NaNs would otherwise flow through every layer and come out
+    # as captions of nothing but [PAD].
+    if not bool(torch.isfinite(pixel_values).all()):
+        bad = int((~torch.isfinite(pixel_values)).sum())
+        raise ValueError(
+            f"pixel_values has NaN or infinite values ({bad} of {pixel_values.numel()}): check the image preprocessing"
         )

@@ -15,7 +15,7 @@ import blipkit
 from blipkit.generation.cache import KVCache
 from blipkit.processing.image import ImageError, load_image
 from tests.conftest import IMAGES
-from tests.reference import perturb_
+from tests.reference import perturb_, save_reference
 
 # --- generation: caches and beams grow with what is generated, not with max_new_tokens ----------------------------
 
@@ -204,3 +204,41 @@ def test_url_limits_from_the_environment_must_be_positive_numbers(server, monkey
     monkeypatch.setenv("BLIPKIT_URL_DEADLINE", value)
     with pytest.raises(ValueError, match=f"BLIPKIT_URL_DEADLINE must be a positive, finite float, got '{value}'"):
         load_image(f"{server}/photo")
+
+
+# --- pixel values: refused where they enter the vision model -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def caption_model(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("caption")
+    save_reference("BlipForConditionalGeneration", directory)
+    return blipkit.BlipForConditionalGeneration.from_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def blip2_vision():
+    config = blipkit.Blip2VisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4, image_size=28, patch_size=7
+    )
+    return blipkit.Blip2VisionModel(config)
+
+
+def test_an_empty_pixel_batch_is_refused(caption_model, blip2_vision):
+    with pytest.raises(ValueError, match="pixel_values is empty: got a batch of 0 images"):
+        caption_model.generate(pixel_values=torch.zeros(0, 3, 32, 32))
+    with pytest.raises(ValueError, match="pixel_values is empty: got a batch of 0 images"):
+        blip2_vision(torch.zeros(0, 3, 28, 28))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_pixel_values_that_are_not_finite_are_refused(caption_model, blip2_vision, bad):
+    pixels = torch.zeros(2, 3, 32, 32)
+    pixels[1, 0, :3, 0] = bad
+    message = r"pixel_values has NaN or infinite values \(3 of 6144\): check the image preprocessing"
+    with pytest.raises(ValueError, match=message):
+        caption_model.generate(pixel_values=pixels)
+    pixels = torch.zeros(1, 3, 28, 28)
+    pixels[0, 2, 5, 5] = bad
+    with pytest.raises(ValueError, match=r"pixel_values has NaN or infinite values \(1 of 2352\)"):
+        blip2_vision(pixels)
