@@ -1,7 +1,8 @@
 """Images in, pixel_values out: decoding, RGB conversion, resize, rescale and normalize.
 
-``BlipImageProcessor`` reproduces the reference's PIL path pixel for pixel. ``BlipImageProcessorFast`` does the
-same steps batched in torch; its bicubic resize differs slightly from PIL's (see its docstring).
+``BlipImageProcessor`` reproduces the reference's PIL path pixel for pixel (huge JPEGs aside: see ``DRAFT_MARGIN``).
+``BlipImageProcessorFast`` does the same steps batched in torch; its bicubic resize differs slightly from PIL's (see
+its docstring).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from blipkit.hub import read_json, resolve_file
 
@@ -36,6 +37,15 @@ MAX_IMAGE_BYTES = 50 * 2**20  # BLIPKIT_MAX_IMAGE_BYTES
 URL_DEADLINE_SECONDS = 30.0  # BLIPKIT_URL_DEADLINE: connecting, redirects, headers and body together
 MAX_REDIRECTS = 5
 DOWNLOAD_CHUNK = 2**16
+
+# A JPEG with more pixels than Pillow accepts without a DecompressionBombWarning (``Image.MAX_IMAGE_PIXELS``, 89M:
+# 9459x9459) is decoded at a reduced scale that keeps at least this many times the size it will be resized to, in
+# each dimension; smaller ones decode in full, as the reference decodes them. The bicubic resize then still sees 4
+# pixels or more per output pixel each way: on a 6144 px mosaic of the test photographs decoded at 1536 px and
+# resized to 384, the pixels land within 3 levels of 255 of the full decode's (mean 0.25); at a margin of 2,
+# within 12 (mean 0.9).
+DRAFT_MARGIN = 4
+JPEG_START = b"\xff\xd8\xff"  # the start-of-image marker and the next marker's first byte
 
 # PIL modes whose conversion to RGB the reference defines; others (float "F", LAB, HSV, premultiplied) are refused.
 SUPPORTED_MODES = (
@@ -61,21 +71,25 @@ class ImageError(ValueError):
     """An input that cannot be turned into an image: unreadable, corrupt, empty, or of an unsupported kind."""
 
 
-def load_image(image: Any, timeout: float = 10.0) -> Image.Image:
-    """Open a path, URL, bytes or PIL image, fully decoded so that a truncated file fails here, not later."""
+def load_image(image: Any, timeout: float = 10.0, resize_to: tuple[int, int] | None = None) -> Image.Image:
+    """Open a path, URL, bytes or PIL image, fully decoded so that a truncated file fails here, not later.
+
+    ``resize_to`` (width, height) is the size the caller will resize the image to: a JPEG too large for Pillow to
+    open without a warning is then decoded at a reduced scale (see ``DRAFT_MARGIN``).
+    """
     if isinstance(image, Image.Image):
         pil = image
     elif isinstance(image, (bytes, bytearray, memoryview)):
-        pil = _open(io.BytesIO(bytes(image)), "<bytes>")
+        pil = _open(io.BytesIO(bytes(image)), "<bytes>", resize_to)
     elif isinstance(image, (str, os.PathLike)):
         source = str(image)
         if source.startswith(("http://", "https://")):
-            pil = _open(io.BytesIO(_download(source, timeout)), source)
+            pil = _open(io.BytesIO(_download(source, timeout)), source, resize_to)
         else:
             path = Path(source).expanduser()
             if not path.is_file():
                 raise ImageError(f"image file not found: {source}")
-            pil = _open(path, source)
+            pil = _open(path, source, resize_to)
     else:
         raise ImageError(
             f"cannot read an image from {type(image).__name__}; "
@@ -86,9 +100,9 @@ def load_image(image: Any, timeout: float = 10.0) -> Image.Image:
     return pil
 
 
-def _open(source: Any, name: str) -> Image.Image:
+def _open(source: Path | io.BytesIO, name: str, resize_to: tuple[int, int] | None) -> Image.Image:
     try:
-        pil = Image.open(source)
+        pil = _open_jpeg(source, resize_to) if resize_to and _is_jpeg(source) else Image.open(source)
         pil.load()
     except UnidentifiedImageError:
         raise ImageError(f"cannot read image {name}: not an image file, or a format Pillow does not know") from None
@@ -97,6 +111,43 @@ def _open(source: Any, name: str) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise ImageError(f"refusing image {name}: {e}") from None
     return pil
+
+
+def _is_jpeg(source: Path | io.BytesIO) -> bool:
+    if isinstance(source, Path):
+        with source.open("rb") as file:
+            return file.read(len(JPEG_START)) == JPEG_START
+    start = source.read(len(JPEG_START))
+    source.seek(0)
+    return start == JPEG_START
+
+
+def _open_jpeg(source: Path | io.BytesIO, resize_to: tuple[int, int]) -> Image.Image:
+    """A JPEG opened by its own plugin, held to Pillow's decompression-bomb limits here: over twice
+    ``Image.MAX_IMAGE_PIXELS`` it is refused; over it, set to decode at the smallest of JPEG's own scales (1/2, 1/4,
+    1/8) that keeps ``DRAFT_MARGIN`` times ``resize_to`` - a 12000x12000 photo resized to 384 decodes at 3000x3000
+    (27 MB, not 432 MB) - with Pillow's warning only if still over it.
+
+    ``Image.open`` would warn (DecompressionBombWarning) before the scale can be set, and a process-wide warning
+    filter is no place to silence it: images are decoded in worker threads.
+    """
+    jpeg = JpegImagePlugin.JpegImageFile(source)
+    if refused := _over_pixel_limit(jpeg.size, 2):
+        raise Image.DecompressionBombError(refused)
+    if _over_pixel_limit(jpeg.size, 1):
+        jpeg.draft(None, (resize_to[0] * DRAFT_MARGIN, resize_to[1] * DRAFT_MARGIN))
+        if still_over := _over_pixel_limit(jpeg.size, 1):
+            warnings.warn(still_over, Image.DecompressionBombWarning, stacklevel=2)
+    return jpeg
+
+
+def _over_pixel_limit(size: tuple[int, int], times: int) -> str | None:
+    """Why ``size`` is over ``times`` Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``), or None."""
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = size[0] * size[1]
+    if limit is None or pixels <= times * limit:
+        return None
+    return f"{size[0]}x{size[1]} is {pixels} pixels, over {times * limit}: could be a decompression bomb"
 
 
 def _download(url: str, timeout: float) -> bytes:
@@ -291,7 +342,8 @@ def _composite_over_white(array: np.ndarray) -> np.ndarray:
 
 
 class BlipImageProcessor:
-    """Turns images into ``pixel_values`` exactly as the reference's PIL path does.
+    """Turns images into ``pixel_values`` exactly as the reference's PIL path does - except for JPEGs over Pillow's
+    ``MAX_IMAGE_PIXELS``, decoded at a reduced scale first (within a few levels of 255; see ``DRAFT_MARGIN``).
 
     Accepts paths, URLs, bytes, PIL images, numpy arrays and tensors, one or a list.
     """
@@ -388,13 +440,13 @@ class BlipImageProcessor:
         if isinstance(image, (np.ndarray, torch.Tensor)):
             pil, scaled = array_to_image(image)
         else:
-            pil = load_image(image)
+            pil = load_image(image, resize_to=_output_size(o) if o["do_resize"] else None)
             if o["do_convert_rgb"]:
                 pil = to_rgb(pil)
             elif pil.mode not in ("RGB", "L"):
                 raise ImageError(f"image mode {pil.mode!r} needs do_convert_rgb=True")
         if o["do_resize"]:
-            pil = pil.resize((o["size"]["width"], o["size"]["height"]), resample=o["resample"])
+            pil = pil.resize(_output_size(o), resample=o["resample"])
         array = np.array(pil)
         if array.ndim == 2:
             array = array[..., None]
@@ -452,7 +504,8 @@ class BlipImageProcessorFast(BlipImageProcessor):
                 if scaled:
                     return super().preprocess(images, return_tensors=return_tensors, **overrides)
             else:
-                pil = to_rgb(load_image(image)) if o["do_convert_rgb"] else load_image(image)
+                pil = load_image(image, resize_to=(width, height))
+                pil = to_rgb(pil) if o["do_convert_rgb"] else pil
             # (1, 3, h, w) uint8 -> antialiased bicubic, still uint8: torch's uint8 kernel rounds like PIL's.
             t = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1)[None]
             resized.append(torch.nn.functional.interpolate(t, size=(height, width), mode="bicubic", antialias=True))
@@ -477,6 +530,11 @@ def as_image_list(images: Any) -> list[Any]:
     if images is None:
         raise ImageError("no image given")
     return [images]
+
+
+def _output_size(options: dict[str, Any]) -> tuple[int, int]:
+    """(width, height), as PIL sizes go."""
+    return options["size"]["width"], options["size"]["height"]
 
 
 def _size_dict(size: dict[str, int] | int | None) -> dict[str, int]:

@@ -13,7 +13,7 @@ from PIL import Image
 
 import blipkit
 from blipkit.generation.cache import KVCache
-from blipkit.processing.image import ImageError, load_image
+from blipkit.processing.image import BlipImageProcessor, BlipImageProcessorFast, ImageError, load_image
 from tests.conftest import IMAGES
 from tests.reference import perturb_, save_reference
 
@@ -242,3 +242,45 @@ def test_pixel_values_that_are_not_finite_are_refused(caption_model, blip2_visio
     pixels[0, 2, 5, 5] = bad
     with pytest.raises(ValueError, match=r"pixel_values has NaN or infinite values \(1 of 2352\)"):
         blip2_vision(pixels)
+
+
+# --- huge JPEGs: decoded at a reduced scale, without Pillow's warning ----------------------------------------------
+
+BIG = 2048  # the test's "huge": Pillow's limit is lowered to match
+
+
+@pytest.fixture(scope="module")
+def huge_jpeg(tmp_path_factory):
+    """A 2048 px mosaic of the test photographs (each 256 px, so there is detail at every scale), as a JPEG."""
+    tiles = [Image.open(path).convert("RGB").resize((256, 256), Image.Resampling.BICUBIC) for path in IMAGES]
+    mosaic = Image.new("RGB", (BIG, BIG))
+    for i in range(BIG // 256):
+        for j in range(BIG // 256):
+            mosaic.paste(tiles[(i + j) % len(tiles)], (i * 256, j * 256))
+    path = tmp_path_factory.mktemp("huge") / "mosaic.jpg"
+    mosaic.save(path, quality=90)
+    return path
+
+
+def test_a_jpeg_over_pillows_limit_decodes_at_a_reduced_scale_without_a_warning(huge_jpeg, monkeypatch, recwarn):
+    processor = BlipImageProcessor(size=64)
+    full = processor(Image.open(huge_jpeg))["pixel_values"]  # under the default limit: decoded in full
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BIG * BIG * 2 // 3)  # now it warrants Pillow's warning
+
+    assert load_image(huge_jpeg, resize_to=(64, 64)).size == (256, 256)  # 1/8 scale: 4x the 64 px output
+    reduced = processor(huge_jpeg)["pixel_values"]
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    difference = (reduced - full).abs()  # normalised units: one level of 255 is ~0.015
+    assert difference.max() < 0.05 and difference.mean() < 0.01  # measured: 0.030 (2 levels) and 0.006
+    assert BlipImageProcessorFast(size=64)(huge_jpeg)["pixel_values"].shape == (1, 3, 64, 64)
+
+
+def test_a_jpeg_under_pillows_limit_decodes_in_full(huge_jpeg):
+    assert load_image(huge_jpeg, resize_to=(64, 64)).size == (BIG, BIG)  # the reference's pixels, exactly
+
+
+def test_a_jpeg_over_twice_pillows_limit_is_refused(huge_jpeg, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BIG * BIG // 3)
+    message = rf"refusing image {huge_jpeg}: 2048x2048 is 4194304 pixels, over 2796202: could be a decompression"
+    with pytest.raises(ImageError, match=message):
+        BlipImageProcessor(size=64)(huge_jpeg)
