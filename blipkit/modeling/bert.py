@@ -16,6 +16,7 @@ from blipkit.modeling.layers import (
     StepDecoder,
     activation,
     additive_mask,
+    check_text_length,
     lm_loss,
 )
 from blipkit.modeling.linear import Linear, linear
@@ -64,11 +65,7 @@ class TextEmbeddings(nn.Module):
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         length, limit = x.shape[1], self.position_embeddings.num_embeddings
         if position_ids is None:
-            if past + length > limit:
-                raise ValueError(
-                    f"text of {past + length} tokens is longer than the model's max_position_embeddings ({limit}); "
-                    "truncate it, e.g. processor(..., truncation=True, max_length=...)"
-                )
+            check_text_length(past + length, limit)
             position_ids = torch.arange(past, past + length, device=x.device)
         return self.dropout(self.norm(x + self.position_embeddings(position_ids)))
 

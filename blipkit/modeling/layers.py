@@ -30,7 +30,7 @@ def attention_ready(attention: Attention, context: torch.Tensor) -> tuple[torch.
 
 
 class StepDecoder:
-    """Base of the one-step-at-a-time decoders generation drives: a preallocated KV cache per layer, reordered
+    """Base of the one-step-at-a-time decoders generation drives: a KV cache per layer (grown in chunks), reordered
     together for beam search, and - for decoders that cross-attend - the context's keys and values, projected
     once and shared by every row (beam, sample) that decodes from it, never copied."""
 
@@ -279,6 +279,15 @@ class MLP(nn.Module):
         hidden = self.fc1(x, out=into)
         in_place = self.act_in_place is not None and not hidden.requires_grad
         return self.fc2(self.act_in_place(hidden) if in_place else self.act(hidden))
+
+
+def check_text_length(length: int, limit: int) -> None:
+    """Refuse text with more tokens than the model has positions (the embedding lookup would fail obscurely)."""
+    if length > limit:
+        raise ValueError(
+            f"text of {length} tokens is longer than the model's max_position_embeddings ({limit}); "
+            "truncate it, e.g. processor(..., truncation=True, max_length=...)"
+        )
 
 
 def additive_mask(

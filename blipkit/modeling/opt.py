@@ -9,7 +9,7 @@ from blipkit.checkpoint import KeyMap
 from blipkit.configs import OPTConfig
 from blipkit.generation.cache import KVCache
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, Embedding, StepDecoder, boolean_mask, lm_loss
+from blipkit.modeling.layers import MLP, Attention, Embedding, StepDecoder, boolean_mask, check_text_length, lm_loss
 from blipkit.modeling.linear import Linear, linear
 from blipkit.modeling.outputs import CausalLMOutputWithCrossAttentions
 
@@ -74,6 +74,8 @@ class OPTDecoder(nn.Module):
     ) -> torch.Tensor:
         """``attention_mask`` (batch, past + new) covers cached tokens too; ``position_ids`` the new ones."""
         past = caches[0].length if caches else 0
+        if not caches:  # generation checks its whole length up front; a single forward is checked here
+            check_text_length(attention_mask.shape[1], self.embed_positions.num_embeddings - POSITION_OFFSET)
         x = inputs_embeds if self.project_in is None else self.project_in(inputs_embeds)
         x = x + self.embed_positions(position_ids + POSITION_OFFSET)
         # Boolean, as the reference's SDPA path: a fully masked (left-padding) row attends to nothing.

@@ -12,7 +12,7 @@ from torch import nn
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import Blip2QFormerConfig
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, Embedding, additive_mask
+from blipkit.modeling.layers import MLP, Attention, Embedding, additive_mask, check_text_length
 from blipkit.modeling.outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
 QFORMER_KEYS = [
@@ -89,6 +89,7 @@ class QFormerTextEmbeddings(nn.Module):
         self.position_embeddings = Embedding(config.max_position_embeddings, config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor, query_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        check_text_length(input_ids.shape[1], self.position_embeddings.num_embeddings)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
         return x if query_embeds is None else torch.cat([query_embeds.to(x.dtype), x], dim=1)

@@ -13,8 +13,10 @@ from PIL import Image
 
 import blipkit
 from blipkit.generation.cache import KVCache
+from blipkit.modeling.qformer import QFormerTextEmbeddings
 from blipkit.processing.image import BlipImageProcessor, BlipImageProcessorFast, ImageError, load_image
 from tests.conftest import IMAGES
+from tests.parity.test_blip2 import IMAGE_TOKEN, QUERIES, reference_blip2
 from tests.reference import perturb_, save_reference
 
 # --- generation: caches and beams grow with what is generated, not with max_new_tokens ----------------------------
@@ -284,3 +286,18 @@ def test_a_jpeg_over_twice_pillows_limit_is_refused(huge_jpeg, monkeypatch):
     message = rf"refusing image {huge_jpeg}: 2048x2048 is 4194304 pixels, over 2796202: could be a decompression"
     with pytest.raises(ImageError, match=message):
         BlipImageProcessor(size=64)(huge_jpeg)
+
+
+def test_blip2_text_longer_than_the_positions_is_refused(tmp_path):
+    """OPT and the Q-Former name the limit instead of failing in the embedding lookup (an IndexError)."""
+    reference_blip2(tmp_path, max_position_embeddings=10)
+    model = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path)
+    ids = torch.tensor([[IMAGE_TOKEN] * QUERIES + [2] + [15] * 7])  # 12 tokens: 4 image tokens and 8 of text
+    pixels = torch.randn(1, 3, 28, 28)
+    message = r"text of 12 tokens is longer than the model's max_position_embeddings \(10\); truncate it"
+    with pytest.raises(ValueError, match=message):
+        model(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids))
+    embeddings = QFormerTextEmbeddings(model.config.qformer_config)
+    limit = embeddings.position_embeddings.num_embeddings
+    with pytest.raises(ValueError, match=f"text of {limit + 1} tokens is longer .* \\({limit}\\)"):
+        embeddings(torch.zeros(1, limit + 1, dtype=torch.long))
