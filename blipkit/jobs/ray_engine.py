@@ -20,8 +20,8 @@ class _ActorWorker:
         self.worker = Worker(spec)
 
     def __call__(self, batch: dict) -> dict:
-        columns = zip(batch["id"], batch["image"], batch["text"], strict=True)
-        items = [Item(str(key), _image(image), str(text) or None) for key, image, text in columns]
+        columns = zip(batch["id"], batch["image"], batch["text"], batch["error"], strict=True)
+        items = [Item(str(i), _image(image), str(text) or None, str(err) or None) for i, image, text, err in columns]
         # Records leave the actor as JSON so that ok and failed rows (different columns) share one schema.
         return {"record": [json.dumps(r, ensure_ascii=False) for r in self.worker.process(items)]}
 
@@ -49,7 +49,8 @@ def run_on_ray(
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    dataset = ray.data.from_items([{"id": i.id, "image": i.image, "text": i.text or ""} for i in pending])
+    rows = [{"id": i.id, "image": i.image, "text": i.text or "", "error": i.error or ""} for i in pending]
+    dataset = ray.data.from_items(rows)
     results = dataset.map_batches(
         _ActorWorker,
         fn_constructor_kwargs={"spec": spec},

@@ -1,6 +1,9 @@
 """Where a job's images come from: folders, globs, files, lists of paths, Parquet/CSV tables, webdataset shards.
 
 Every image becomes an ``Item`` with a stable ``id`` (what resuming matches on) and a way to get its bytes or path.
+Ids are built from paths as given, so two inputs that are distinct files never share one. What cannot be read
+(a damaged shard, a table row without an image) becomes an ``Item`` with an ``error``: a failed row, never a
+silent gap.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ PATH_COLUMNS = ("path", "image_path", "file", "filename", "url")
 BYTES_COLUMNS = ("jpg", "image", "png", "webp", "bytes", "image_bytes")
 TEXT_COLUMNS = ("caption", "text", "txt")
 KEY_COLUMNS = ("key", "id")
+WEBDATASET_IMAGES = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Item:
     id: str
     image: str | bytes
     text: str | None = None
+    error: str | None = None  # why the source could not give this image; it becomes a failed row
 
 
 class SourceError(ValueError):
@@ -36,7 +41,8 @@ class SourceError(ValueError):
 
 
 def iter_items(inputs: list[str]) -> Iterator[Item]:
-    """Every image named by ``inputs``, in a stable order, each id once."""
+    """Every image named by ``inputs``, in a stable order, each id once: distinct inputs have distinct ids, so only
+    the same input named twice (a folder and a file in it, a shard listed twice) is read once."""
     seen: set[str] = set()
     for spec in inputs:
         found = False
@@ -97,19 +103,36 @@ def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
 
 def _from_rows(path: Path, rows: Iterator[dict[str, Any]]) -> Iterator[Item]:
     columns = None
+    ids: set[str] = set()
     for index, row in enumerate(rows):
         if columns is None:
             columns = _columns(path, row)
         bytes_column, path_column, key_column, text_column = columns
         key = str(row[key_column]) if key_column and row.get(key_column) is not None else str(index)
+        item_id = _unique_id(f"{path}:{key}", index, ids)
         text = row.get(text_column) if text_column else None
         if bytes_column and row.get(bytes_column) is not None:
             image = row[bytes_column]
             image = image["bytes"] if isinstance(image, dict) else image  # Hugging Face datasets' Image struct
-        else:
-            value = str(row.get(path_column) or "")
+            yield Item(item_id, image, text)
+        elif path_column and str(row.get(path_column) or "").strip():
+            value = str(row[path_column]).strip()
             image = value if value.startswith(("http://", "https://", "/")) else str(path.parent / value)
-        yield Item(f"{path.name}:{key}", image, text)
+            yield Item(item_id, image, text)
+        else:
+            where = f"row {index}" if key == str(index) else f"row {index} (key {key!r})"
+            empty = [repr(c) for c in (bytes_column, path_column) if c]
+            what = f"its image columns {' and '.join(empty)} are" if len(empty) > 1 else f"its column {empty[0]} is"
+            yield Item(item_id, "", text, error=f"{path} {where} has no image: {what} empty")
+
+
+def _unique_id(candidate: str, position: int, ids: set[str]) -> str:
+    """``candidate``, or, when an earlier row or sample of the same file already took it (a repeated key),
+    ``candidate#POSITION``: the position in the file is unique there, and the same on every run."""
+    while candidate in ids:
+        candidate = f"{candidate}#{position}"
+    ids.add(candidate)
+    return candidate
 
 
 def _columns(path: Path, row: dict[str, Any]) -> tuple[str | None, str | None, str | None, str | None]:
@@ -126,24 +149,71 @@ def _columns(path: Path, row: dict[str, Any]) -> tuple[str | None, str | None, s
 
 
 def _from_tar(path: Path) -> Iterator[Item]:
-    """webdataset shards: files grouped by key (``000001.jpg``, ``000001.txt``, ...), an image and maybe a caption."""
-    with tarfile.open(path) as tar:
-        samples: dict[str, dict[str, bytes]] = {}
-        order: list[str] = []
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, extension = member.name.partition(".")
-            if key not in samples:
-                samples[key] = {}
-                order.append(key)
-            samples[key][extension.lower()] = tar.extractfile(member).read()
-    for key in order:
-        files = samples[key]
-        image = next((files[e] for e in ("jpg", "jpeg", "png", "webp") if e in files), None)
+    """webdataset shards: consecutive files sharing a key (``000001.jpg``, ``000001.txt``, ...) are one sample, an
+    image and maybe a caption. A damaged shard gives the samples read before the damage, then a failed item for
+    the shard itself (id: its path), saying why the rest is missing."""
+    members, damage = _read_shard(path)
+    ids: set[str] = set()
+    for position, (key, files) in enumerate(_group_samples(members)):
+        item_id = _unique_id(f"{path}/{key}", position, ids)
+        image = next((files[e] for e in WEBDATASET_IMAGES if e in files), None)
+        text = files.get("txt", b"").decode("utf-8", errors="replace") or None
         if image is not None:
-            text = files.get("txt", b"").decode("utf-8") or None
-            yield Item(f"{path.name}/{key}", image, text)
+            yield Item(item_id, image, text)
+        else:
+            found = ", ".join(f"{key}.{e}" for e in files)
+            expected = ", ".join(f".{e}" for e in WEBDATASET_IMAGES)
+            yield Item(item_id, "", text, error=f"{path}: sample {key!r} has no image ({expected}); found {found}")
+    if damage:
+        yield Item(str(path), "", error=damage)
+
+
+def _read_shard(path: Path) -> tuple[list[tuple[str, bytes]], str | None]:
+    """Every file of the archive up to any damage, and what is wrong with it (None when it is whole)."""
+    if not tarfile.is_tarfile(path):
+        return [], f"{path} is not a tar archive (nor a compressed one)"
+    members: list[tuple[str, bytes]] = []
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.isfile():
+                    members.append((member.name, tar.extractfile(member).read()))
+            whole = _ends_with_zero_block(tar)
+    except (tarfile.TarError, EOFError, OSError) as error:  # cut short, or a compressed stream ended early
+        damage = first_line(error)
+    else:
+        if whole:
+            return members, None
+        damage = "cut short (no end-of-archive block)"
+    where = f"after {len(members)} files (the last {members[-1][0]!r})" if members else "before its first file"
+    return members, f"{path} is a damaged tar archive: {damage} {where}; the rest is unread"
+
+
+def _ends_with_zero_block(tar: tarfile.TarFile) -> bool:
+    """tarfile reads a file cut exactly between two members as a whole archive; a whole one ends in a zero block."""
+    tar.fileobj.seek(tar.offset)
+    end = tar.fileobj.read(tarfile.BLOCKSIZE)
+    return len(end) == tarfile.BLOCKSIZE and not any(end)
+
+
+def _group_samples(members: list[tuple[str, bytes]]) -> list[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) per sample; a key that comes back later, or an extension that repeats, starts a new
+    sample instead of overwriting one."""
+    samples: list[tuple[str, dict[str, bytes]]] = []
+    for name, data in members:
+        # webdataset's rule: the key is the folder and the file name up to its first dot
+        folder, _, file_name = name.rpartition("/")
+        stem, _, extension = file_name.partition(".")
+        key, extension = f"{folder}/{stem}" if folder else stem, extension.lower()
+        if not samples or samples[-1][0] != key or extension in samples[-1][1]:
+            samples.append((key, {}))
+        samples[-1][1][extension] = data
+    return samples
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (tarfile and pyarrow write several)."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def require_pyarrow():

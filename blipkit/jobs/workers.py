@@ -83,6 +83,9 @@ class Worker:
         good, failed, arrays, texts = [], [], [], []
         for item in items:
             text = self._text(item)
+            if item.error:
+                failed.append(self._failure(item, item.error))
+                continue
             if self.spec.task == "match" and not text:
                 failed.append(self._failure(item, "no text to match: the source has no caption and no --text"))
                 continue

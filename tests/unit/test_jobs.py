@@ -46,14 +46,16 @@ def test_sources_folder_glob_list_and_single_file(photos, tmp_path):
 def test_sources_tables_and_shards(tmp_path):
     img2dataset_parquet(tmp_path / "part.parquet")
     items = list(iter_items([str(tmp_path / "part.parquet")]))
-    assert [i.id for i in items] == [f"part.parquet:{i:09d}" for i in range(4)]
+    assert [i.id for i in items] == [f"{tmp_path / 'part.parquet'}:{i:09d}" for i in range(4)]
     assert items[1].text == "photo number 1" and items[1].image == IMAGES[1].read_bytes()
     with (tmp_path / "table.csv").open("w", newline="") as f:
         csv.writer(f).writerows([["path", "caption"], *[[str(p), p.stem] for p in IMAGES]])
     assert [i.image for i in iter_items([str(tmp_path / "table.csv")])] == [str(p) for p in IMAGES]
     webdataset_shard(tmp_path / "shard-000.tar")
     shard = list(iter_items([str(tmp_path / "shard-000.tar")]))
-    assert [(i.id, i.text) for i in shard] == [(f"shard-000.tar/{i:05d}", f"caption {i}") for i in range(3)]
+    assert [(i.id, i.text) for i in shard] == [
+        (f"{tmp_path / 'shard-000.tar'}/{i:05d}", f"caption {i}") for i in range(3)
+    ]
 
 
 def test_source_errors(tmp_path):
