@@ -92,7 +92,12 @@ def _model_options(parser: argparse.ArgumentParser, task: str) -> None:
 
 def _job_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
     group = parser.add_argument_group("batch job")
-    group.add_argument("--out", required=required, help="output file: .jsonl, .csv, .parquet or .npy; rerun to resume")
+    group.add_argument(
+        "--out", required=required, help="output file: .jsonl, .csv, .parquet (embed: .npy, not .csv); rerun to resume"
+    )
+    group.add_argument(
+        "--overwrite", action="store_true", help="remove --out (and its journal and record) and start afresh"
+    )
     group.add_argument("--workers", type=_positive, default=2, help="decoding threads (default: %(default)s)")
     group.add_argument("--engine", choices=["local", "ray"], default="local", help="where the model runs")
     group.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
@@ -228,6 +233,7 @@ def run_job(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         ray_actors=args.ray_actors,
         ray_gpus_per_actor=args.ray_gpus,
+        overwrite=args.overwrite,
         **options,
     )
     return 0

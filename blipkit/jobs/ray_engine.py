@@ -38,12 +38,13 @@ def run_on_ray(
     actors: int,
     gpus_per_actor: float,
 ) -> Iterator[list[dict]]:
+    """Start or join Ray; the batches of records then stream back as the actors finish them."""
     try:
         import ray
     except ImportError:
         raise ImportError("--engine ray needs Ray: pip install 'blipkit[ray]'") from None
     if not pending:
-        return
+        return iter(())
     if not ray.is_initialized():
         # No address: start a local Ray on this machine; an address ("auto", "ray://host:10001") joins a cluster.
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -60,5 +61,5 @@ def run_on_ray(
         num_gpus=gpus_per_actor,
         batch_format="numpy",
     )
-    for batch in results.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        yield [json.loads(record) for record in batch["record"]]
+    batches = results.iter_batches(batch_size=batch_size, batch_format="numpy")
+    return ([json.loads(record) for record in batch["record"]] for batch in batches)

@@ -9,9 +9,13 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from blipkit.jobs.sinks import open_sink
+from blipkit.jobs import provenance
+from blipkit.jobs.lock import exclusive
+from blipkit.jobs.ray_engine import run_on_ray
+from blipkit.jobs.sinks import check_format, make_parent, open_sink
 from blipkit.jobs.sources import Item, iter_items
 from blipkit.jobs.workers import Worker, WorkerSpec
 
@@ -45,10 +49,14 @@ def run(
     ray_address: str | None = None,
     ray_actors: int = 1,
     ray_gpus_per_actor: float = 0.0,
+    overwrite: bool = False,
     progress: bool = True,
     **generate_kwargs: Any,
 ) -> JobSummary:
-    """Run ``task`` ("caption", "ask", "match", "embed") over ``inputs``, appending to ``out``; see the README."""
+    """Run ``task`` ("caption", "ask", "match", "embed") over ``inputs``, appending to ``out``; see the README.
+
+    ``out`` is locked for the job; resuming it needs the settings that wrote it, unless ``overwrite`` removes it
+    first. Every option is checked before any file is touched."""
     from blipkit.devices import check_device
 
     check_device(device)  # an unknown or absent device fails here, before the output file is created
@@ -57,34 +65,34 @@ def run(
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     spec = WorkerSpec(task, model, dtype, device, question, text, prompt, generate_kwargs, quantize=quantize)
-    if task == "embed" and str(out).lower().endswith(".csv"):
-        raise ValueError("embeddings go to .npy, .parquet or .jsonl, not .csv")
+    out = Path(out)
+    check_format(out, task)
     started = time.perf_counter()
     items = list(iter_items([str(i) for i in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]))
-    sink = open_sink(out, spec.fields)
-    complete = False
-    counts = {"ok": 0, "failed": 0}
-    try:
-        done = sink.done_ids()
-        pending = [item for item in items if item.id not in done]
-        if task == "match":  # similar text lengths share a batch, so little of it is padding
-            pending.sort(key=lambda item: len(spec.text or item.text or ""))
-        bar = _progress_bar(len(pending), task, progress)
-        if engine == "ray":
-            from blipkit.jobs.ray_engine import run_on_ray
-
-            batches = run_on_ray(spec, pending, batch_size, ray_address, ray_actors, ray_gpus_per_actor)
-        else:
-            batches = _run_locally(spec, pending, batch_size, workers)
-        for records in batches:
-            sink.write(records)
-            for record in records:
-                counts[record["status"]] += 1
-            bar.update(len(records))
-        bar.close()
-        complete = True
-    finally:
-        sink.close(complete)
+    make_parent(out)
+    with exclusive(out):
+        provenance.claim(out, spec.settings(), overwrite)
+        sink = open_sink(out, spec.fields)
+        complete = False
+        counts = {"ok": 0, "failed": 0}
+        try:
+            done = sink.done_ids()
+            pending = [item for item in items if item.id not in done]
+            if task == "match":  # similar text lengths share a batch, so little of it is padding
+                pending.sort(key=lambda item: len(spec.text or item.text or ""))
+            if engine == "ray":
+                batches = run_on_ray(spec, pending, batch_size, ray_address, ray_actors, ray_gpus_per_actor)
+            else:
+                batches = _run_locally(spec, pending, batch_size, workers)
+            with _progress_bar(len(pending), task, progress) as bar:
+                for records in batches:
+                    sink.write(records)
+                    for record in records:
+                        counts[record["status"]] += 1
+                    bar.update(len(records))
+            complete = True
+        finally:
+            sink.close(complete)
     summary = JobSummary(counts["ok"], counts["failed"], len(items) - len(pending), time.perf_counter() - started)
     if progress:
         print(f"{task}: {summary}", file=sys.stderr)

@@ -4,6 +4,7 @@ Every batch is appended as complete lines and fsynced before the next starts, so
 flight. A line cut short by a kill is removed when the file is reopened, so no half record survives, and the ids
 already written are skipped, so none is written twice. Parquet and .npy cannot be appended to: their rows go to a
 JSON-lines journal beside them (``OUT.partial.jsonl``) that becomes the final file when the job completes.
+An existing output that is not a job's rows is named with what was expected, never half-read.
 """
 
 from __future__ import annotations
@@ -17,23 +18,64 @@ from typing import Any
 
 import numpy as np
 
+from blipkit.jobs.sources import first_line, require_pyarrow
+
+# What each task's rows fit in: .npy holds only vectors, and a CSV cell has no place for one.
+EMBEDDING_FORMATS = (".npy", ".parquet", ".jsonl")
+ROW_FORMATS = (".jsonl", ".csv", ".parquet")
+START_AFRESH = "add --overwrite (overwrite=True in Python) to start afresh, or choose another output"
+
+
+class OutputError(ValueError):
+    """An output a job cannot write or resume: the message names the file and what to do."""
+
+
+def check_format(path: str | os.PathLike, task: str) -> None:
+    """Refuse an output format the task's rows do not fit in, before any work is done."""
+    formats = EMBEDDING_FORMATS if task == "embed" else ROW_FORMATS
+    if Path(path).suffix.lower() not in formats:
+        raise OutputError(f"cannot write {path}: {task} jobs write {', '.join(formats[:-1])} or {formats[-1]}")
+
+
+def make_parent(path: Path) -> None:
+    """Create the output's folder, naming a file that stands where a folder must be."""
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder; --out names a file")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise OutputError(f"cannot write {path}: {blocking} is a file, not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def journal_path(path: Path) -> Path:
+    return path.with_name(path.name + ".partial.jsonl")
+
+
+def output_files(path: Path) -> list[Path]:
+    """The files that hold ``path``'s rows: the output, and for Parquet and .npy the journal (and .npy's index)."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return [path, NpySink.index_path_of(path), journal_path(path)]
+    if suffix == ".parquet":
+        return [path, journal_path(path)]
+    return [path]
+
 
 class JsonlSink:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._records = _read_complete_lines(path)
+        self._records = _parse_records(path, _read_complete_lines(path))
         self._file = path.open("a", encoding="utf-8")
 
     def done_ids(self) -> set[str]:
-        return {json.loads(line)["id"] for line in self._records}
+        return {record["id"] for record in self._records}
 
     def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self._records]
+        return list(self._records)
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
-        _append_durably(self._file, "".join(lines))
-        self._records += lines
+        _append_durably(self._file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self._records += records
 
     def close(self, complete: bool) -> None:
         self._file.close()
@@ -43,7 +85,7 @@ class CsvSink:
     def __init__(self, path: Path, fields: tuple[str, ...]) -> None:
         self.path, self.fields = path, fields
         lines = _read_complete_lines(path)
-        self._done = {row["id"] for row in csv.DictReader(lines)} if lines else set()
+        self._done = _csv_ids(path, lines, fields) if lines else set()
         self._file = path.open("a", encoding="utf-8", newline="")
         if not lines:
             self._write_rows([dict(zip(fields, fields, strict=True))])
@@ -69,7 +111,7 @@ class JournalSink:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.journal = JsonlSink(path.with_name(path.name + ".partial.jsonl"))
+        self.journal = JsonlSink(journal_path(path))
         self._final = self.read_final() if path.exists() else []
 
     def done_ids(self) -> set[str]:
@@ -97,13 +139,16 @@ class JournalSink:
 
 class ParquetSink(JournalSink):
     def read_final(self) -> list[dict[str, Any]]:
-        from blipkit.jobs.sources import require_pyarrow
-
-        return require_pyarrow().parquet.read_table(self.path).to_pylist()
+        pa = require_pyarrow()
+        try:
+            table = pa.parquet.read_table(self.path)
+        except (pa.ArrowException, OSError) as error:
+            raise OutputError(f"{self.path} is not a Parquet file ({first_line(error)}); {START_AFRESH}") from None
+        if "id" not in table.column_names:
+            raise OutputError(f"{self.path} has no 'id' column, so it is not a job's output; {START_AFRESH}")
+        return table.to_pylist()
 
     def write_final(self, rows: list[dict[str, Any]], path: Path) -> None:
-        from blipkit.jobs.sources import require_pyarrow
-
         pa = require_pyarrow()
         pa.parquet.write_table(pa.Table.from_pylist(rows), path)
 
@@ -112,13 +157,22 @@ class NpySink(JournalSink):
     """Embeddings of the successful rows in ``OUT.npy`` (rows, dim); every row's id and status, and its row in
     the array, in ``OUT.jsonl`` beside it."""
 
+    @staticmethod
+    def index_path_of(path: Path) -> Path:
+        return path.with_suffix(".jsonl")
+
     @property
     def index_path(self) -> Path:
-        return self.path.with_suffix(".jsonl")
+        return self.index_path_of(self.path)
 
     def read_final(self) -> list[dict[str, Any]]:
-        embeddings = np.load(self.path)
-        rows = [json.loads(line) for line in self.index_path.read_text(encoding="utf-8").splitlines()]
+        try:
+            embeddings = np.load(self.path)
+        except (ValueError, OSError) as error:
+            raise OutputError(f"{self.path} is not a .npy array ({first_line(error)}); {START_AFRESH}") from None
+        if not self.index_path.exists():
+            raise OutputError(f"{self.path} has no index {self.index_path} beside it; {START_AFRESH}")
+        rows = _parse_records(self.index_path, _read_complete_lines(self.index_path))
         for row in rows:
             row["embedding"] = embeddings[row.pop("row")].tolist() if row.get("row") is not None else None
         return rows
@@ -138,20 +192,12 @@ class NpySink(JournalSink):
         os.replace(temporary, self.index_path)
 
 
-def open_sink(path: str | os.PathLike, fields: tuple[str, ...]):
-    """The sink for ``path``'s format; ``fields`` are the CSV columns."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def open_sink(path: Path, fields: tuple[str, ...]) -> JsonlSink | CsvSink | JournalSink:
+    """The sink for ``path``'s format (checked by ``check_format``); ``fields`` are the CSV columns."""
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return JsonlSink(path)
     if suffix == ".csv":
         return CsvSink(path, fields)
-    if suffix == ".parquet":
-        return ParquetSink(path)
-    if suffix == ".npy":
-        return NpySink(path)
-    raise ValueError(f"cannot write {path}: the output must end in .jsonl, .csv, .parquet or .npy")
+    return {".jsonl": JsonlSink, ".parquet": ParquetSink, ".npy": NpySink}[suffix](path)
 
 
 def _read_complete_lines(path: Path) -> list[str]:
@@ -160,10 +206,40 @@ def _read_complete_lines(path: Path) -> list[str]:
         return []
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
+    try:
+        lines = data[:end].decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        raise OutputError(f"{path} is not a text file, so it is not a job's output; {START_AFRESH}") from None
     if end < len(data):
         with path.open("r+b") as f:
             f.truncate(end)
-    return data[:end].decode("utf-8").splitlines(keepends=True)
+    return lines
+
+
+def _parse_records(path: Path, lines: list[str]) -> list[dict[str, Any]]:
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or "id" not in record:
+            raise OutputError(
+                f"{path} line {number} is not a job's row: expected JSON lines, each an object with an 'id' field; "
+                + START_AFRESH
+            )
+        records.append(record)
+    return records
+
+
+def _csv_ids(path: Path, lines: list[str], fields: tuple[str, ...]) -> set[str]:
+    reader = csv.DictReader(lines)
+    if tuple(reader.fieldnames or ()) != fields:
+        raise OutputError(
+            f"{path} has the columns {', '.join(reader.fieldnames or ())}; this job writes {', '.join(fields)}; "
+            + START_AFRESH
+        )
+    return {row["id"] for row in reader}
 
 
 def _append_durably(file: io.TextIOBase, text: str) -> None:

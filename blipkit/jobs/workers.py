@@ -6,6 +6,7 @@ produce the same records.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,21 @@ class WorkerSpec:
     @property
     def fields(self) -> tuple[str, ...]:
         return ("id", "status", "error", *TASK_FIELDS[self.task])
+
+    def settings(self) -> dict[str, Any]:
+        """What decides this job's results, so that a resume can tell whether an output's rows are this job's.
+        Not the device, batch size or engine: moving a job to a GPU or to Ray keeps its rows."""
+        model = self.model or DEFAULT_MODELS[TASK_MODELS[self.task][0]]
+        return {
+            "task": self.task,
+            "model": os.path.abspath(model) if os.path.isdir(model) else model,
+            "dtype": str(self.dtype).removeprefix("torch.") if self.dtype else None,
+            "quantize": self.quantize,
+            "question": self.question,
+            "text": self.text,
+            "prompt": self.prompt,
+            **self.generate_kwargs,
+        }
 
 
 @dataclass

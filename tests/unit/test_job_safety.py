@@ -7,14 +7,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from blipkit import jobs
+from blipkit.jobs.sinks import OutputError
 from blipkit.jobs.sources import iter_items
 from tests.conftest import IMAGES
 from tests.unit.conftest import webdataset_shard
@@ -80,6 +85,82 @@ def test_repeated_table_keys_keep_every_row(caption_options, tmp_path):
     assert [r["id"] for r in read_jsonl(tmp_path / "c.jsonl")] == [f"{parquet}:k", f"{parquet}:k#1", f"{parquet}:k#2"]
 
 
+# ------------------------------------------------------------------------------------------------- 2. resume
+def test_resume_refuses_an_output_another_job_wrote(models, tmp_path):
+    out = tmp_path / "answers.jsonl"
+    vqa = ["--model", models / "vqa", "--max-new-tokens", "3"]
+    first = blipkit("ask", IMAGES[0], "is it red?", "--out", out, *vqa)
+    assert first.returncode == 0, first.stderr
+    other_question = blipkit("ask", IMAGES[0], "how many?", "--out", out, *vqa)
+    assert other_question.returncode == 1
+    assert last_line(other_question) == (
+        f"blipkit: error: {out} holds another job's results (question: 'is it red?' in the output, 'how many?' now); "
+        + AFRESH
+    )
+    other_task = blipkit("caption", IMAGES[0], "--out", out, "--model", models / "caption")
+    assert other_task.returncode == 1
+    assert f"holds another job's results (task: 'ask' in the output, 'caption' now; model: '{models / 'vqa'}'" in (
+        last_line(other_task)
+    )
+    afresh = blipkit("ask", IMAGES[0], "how many?", "--out", out, *vqa, "--overwrite")
+    assert afresh.returncode == 0, afresh.stderr
+    assert "ask: done 1, failed 0, skipped 0" in afresh.stderr
+    assert [r["question"] for r in read_jsonl(out)] == ["how many?"]
+    sidecar = json.loads((tmp_path / "answers.jsonl.meta.json").read_text())
+    assert sidecar["settings"]["question"] == "how many?" and sidecar["settings"]["max_new_tokens"] == 3
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_resume_checks_generation_settings(caption_options, tmp_path, suffix):
+    out = tmp_path / f"captions.{suffix}"
+    jobs.caption([str(IMAGES[0])], out, **caption_options)
+    assert (tmp_path / f"captions.{suffix}.meta.json").exists()
+    assert jobs.caption([str(IMAGES[0])], out, **caption_options).skipped == 1
+    for change, difference in (
+        ({"max_new_tokens": 4}, "max_new_tokens: 3 in the output, 4 now"),
+        ({"prompt": "a picture of"}, "prompt: unset in the output, 'a picture of' now"),
+        ({"dtype": "bfloat16"}, "dtype: unset in the output, 'bfloat16' now"),
+        ({"num_beams": 2}, "num_beams: unset in the output, 2 now"),
+    ):
+        with pytest.raises(OutputError, match=re.escape(f"{out} holds another job's results ({difference}); {AFRESH}")):
+            jobs.caption([str(IMAGES[0])], out, **{**caption_options, **change})
+    changed = jobs.caption([str(IMAGES[0])], out, **{**caption_options, "max_new_tokens": 4}, overwrite=True)
+    assert (changed.done, changed.skipped) == (1, 0)
+
+
+def test_npy_output_records_its_job_too(models, tmp_path):
+    out = tmp_path / "e.npy"
+    jobs.embed([str(IMAGES[0])], out, model=str(models / "itm"), progress=False)
+    with pytest.raises(OutputError, match=re.escape("(quantize: unset in the output, 'int8' now)")):
+        jobs.embed([str(IMAGES[0])], out, model=str(models / "itm"), quantize="int8", progress=False)
+    out.write_bytes(b"not an array")
+    with pytest.raises(OutputError, match=re.escape(f"{out} is not a .npy array (")):
+        jobs.embed([str(IMAGES[0])], out, model=str(models / "itm"), progress=False)
+    # The index beside e.npy is one of its files: a caption job's e.jsonl is not silently taken over.
+    caption = tmp_path / "c.jsonl"
+    caption.write_text('{"id": "x", "status": "ok", "error": null, "caption": "a cat"}\n')
+    with pytest.raises(OutputError, match=re.escape(f"{tmp_path / 'c.jsonl'} exists, but no c.npy.meta.json")):
+        jobs.embed([str(IMAGES[0])], tmp_path / "c.npy", model=str(models / "itm"), progress=False)
+
+
+def test_an_output_without_a_record_is_refused_and_overwrite_starts_afresh(caption_options, tmp_path):
+    out = tmp_path / "old.jsonl"
+    row = json.dumps({"id": str(IMAGES[0]), "status": "ok", "error": None, "caption": "stale"}) + "\n"
+    out.write_text(row)
+    with pytest.raises(OutputError) as refused:
+        jobs.caption([str(IMAGES[0])], out, **caption_options)
+    assert str(refused.value) == (
+        f"{out} exists, but no old.jsonl.meta.json beside it says which job wrote it (an older blipkit or another "
+        f"tool), so its rows cannot be resumed; {AFRESH}"
+    )
+    assert out.read_text() == row
+    summary = jobs.caption([str(IMAGES[0])], out, **caption_options, overwrite=True)
+    assert (summary.done, summary.skipped) == (1, 0) and read_jsonl(out)[0]["caption"] != "stale"
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()  # no rows to mistake for this job's
+    assert jobs.caption([str(IMAGES[0])], empty, **caption_options).done == 1
+
+
 # ------------------------------------------------------------------------------------------------- 3. shards
 def test_damaged_shards_become_failed_rows_and_the_job_goes_on(caption_options, tmp_path):
     good = tmp_path / "good.tar"
@@ -125,7 +206,89 @@ def test_shard_samples_without_an_image_are_failed_items(tmp_path):
     ]
 
 
+# ------------------------------------------------------------------------------------------------- 4. formats
+def test_unsupported_output_format_is_refused_before_any_work(tmp_path):
+    missing_model = tmp_path / "no-model"  # never loaded: the format is checked first
+    out = tmp_path / "x.npy"
+    result = blipkit("caption", IMAGES[0], "--out", out, "--model", missing_model)
+    assert result.returncode == 1
+    assert last_line(result) == f"blipkit: error: cannot write {out}: caption jobs write .jsonl, .csv or .parquet"
+    embed = blipkit("embed", IMAGES[0], "--out", tmp_path / "e.csv", "--model", missing_model)
+    assert embed.returncode == 1
+    assert (
+        last_line(embed)
+        == f"blipkit: error: cannot write {tmp_path / 'e.csv'}: embed jobs write .npy, .parquet or .jsonl"
+    )
+    for task, extra in (("ask", {"question": "why?"}), ("match", {"text": "a cat"})):
+        with pytest.raises(OutputError, match=f"cannot write .*x.npy: {task} jobs write .jsonl, .csv or .parquet$"):
+            jobs.run(task, [str(IMAGES[0])], out, model=str(missing_model), **extra)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------- 5. lock
+def test_a_second_job_on_the_same_output_fails_at_once(models, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(6):
+        Image.open(IMAGES[i % 4]).resize((24, 24)).save(folder / f"{i:02d}.png")
+    out = tmp_path / "captions.jsonl"
+    command = ["caption", folder, "--out", out, "--model", models / "caption", "--batch-size", "1"]
+    first = subprocess.Popen([str(BLIPKIT), *map(str, command)], stderr=subprocess.PIPE, text=True)
+    sidecar = tmp_path / "captions.jsonl.meta.json"  # written under the lock, before the model loads
+    deadline = time.monotonic() + 60
+    while not sidecar.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # holds the lock, wherever it stopped
+    try:
+        assert first.poll() is None, "the first job ended before the second started: " + first.stderr.read()
+        second = blipkit(*command)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1
+    assert last_line(second) == (
+        f"blipkit: error: {out} is in use by another job (it holds {out}.lock): wait for it to finish, or choose "
+        "another output"
+    )
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert "caption: done 6, failed 0, skipped 0" in stderr
+    ids = [r["id"] for r in read_jsonl(out)]
+    assert len(ids) == len(set(ids)) == 6
+    assert not (tmp_path / "captions.jsonl.lock").exists()
+
+
 # ------------------------------------------------------------------------------------------------- 8. messages
+def test_cli_messages_name_the_output(models, tmp_path):
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("my notes\n")
+    other_tool = blipkit("caption", IMAGES[0], "--out", notes, "--model", models / "caption")
+    assert other_tool.returncode == 1
+    assert last_line(other_tool) == (
+        f"blipkit: error: {notes} exists, but no notes.jsonl.meta.json beside it says which job wrote it (an older "
+        f"blipkit or another tool), so its rows cannot be resumed; {AFRESH}"
+    )
+    assert notes.read_text() == "my notes\n"
+    under_a_file = blipkit("caption", IMAGES[0], "--out", notes / "c.jsonl", "--model", models / "caption")
+    assert under_a_file.returncode == 1
+    assert (
+        last_line(under_a_file) == f"blipkit: error: cannot write {notes / 'c.jsonl'}: {notes} is a file, not a folder"
+    )
+
+
+def test_a_damaged_output_is_named_with_what_was_expected(caption_options, tmp_path):
+    for name, damage, message in (
+        ("a.jsonl", "hello\n", "a.jsonl line 1 is not a job's row: expected JSON lines, each an object with an 'id'"),
+        ("b.jsonl", '{"caption": "x"}\n', "b.jsonl line 1 is not a job's row: expected JSON lines, each an object"),
+        ("c.csv", "name,size\n", "c.csv has the columns name, size; this job writes id, status, error, caption; "),
+        ("d.parquet", "hello", "d.parquet is not a Parquet file (Could not open Parquet input source"),
+    ):
+        out = tmp_path / name
+        jobs.caption([str(IMAGES[0])], out, **caption_options)
+        out.write_text(damage)
+        with pytest.raises(OutputError, match=re.escape(f"{tmp_path / message}")):
+            jobs.caption([str(IMAGES[0])], out, **caption_options)
+
+
 def test_a_table_row_without_an_image_is_a_failed_row_naming_it(caption_options, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -127,7 +127,7 @@ def test_ask_match_and_embed_jobs(models, tmp_path):
     assert array.shape == (4, 24) and np.allclose(np.linalg.norm(array, axis=1), 1, atol=1e-5)
     assert [r["row"] for r in index if r["status"] == "ok"] == [0, 1, 2, 3]
     assert jobs.embed(tmp_path / "imgs", vectors, model=str(models / "itm")).skipped == 5
-    with pytest.raises(ValueError, match="embeddings go to .npy, .parquet or .jsonl, not .csv"):
+    with pytest.raises(ValueError, match=r"e.csv: embed jobs write .npy, .parquet or .jsonl$"):
         jobs.embed(tmp_path / "imgs", tmp_path / "e.csv", model=str(models / "itm"))
 
 
@@ -137,6 +137,7 @@ def test_resume_after_a_record_cut_in_half(models, photos, tmp_path):
     jobs.caption(photos, full, model=str(models / "caption"), max_new_tokens=5)
     lines = full.read_text().splitlines(keepends=True)
     out.write_text("".join(lines[:3]) + lines[3][:17])  # three records and the start of a fourth
+    shutil.copy(tmp_path / "full.jsonl.meta.json", tmp_path / "captions.jsonl.meta.json")  # the same job wrote it
     summary = jobs.caption(photos, out, model=str(models / "caption"), max_new_tokens=5)
     assert (summary.skipped, summary.done + summary.failed) == (3, 6)
     assert sorted(read_jsonl(out), key=lambda r: r["id"]) == sorted(read_jsonl(full), key=lambda r: r["id"])
@@ -204,7 +205,7 @@ def test_job_cli_summary_and_errors(models, photos, tmp_path):
     bad = subprocess.run([str(BLIPKIT), "caption", str(photos), "--out", str(tmp_path / "c.txt")],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 1
-    assert bad.stderr.strip().endswith("the output must end in .jsonl, .csv, .parquet or .npy")
+    assert bad.stderr.strip().endswith("c.txt: caption jobs write .jsonl, .csv or .parquet")
     assert not (tmp_path / "c.txt").exists()
 
 
