@@ -1,6 +1,7 @@
 """The ``blipkit`` command: caption, ask, match and info.
 
-Exit codes: 0 done, 2 usage error (argparse), 1 failure - reported in one line, without a traceback.
+Exit codes: 0 done, 2 usage error (argparse), 1 failure - reported in one line, without a traceback - and, for a
+batch job (--out), 3 when every image it processed failed (0 if some succeeded, or if all were already done).
 Heavy imports wait until the arguments are parsed, so ``--help`` answers at once.
 """
 
@@ -219,7 +220,7 @@ def run_job(args: argparse.Namespace) -> int:
         options = {"question": args.question, **_generate_kwargs(args)}
     elif args.command == "match":
         options = {"text": args.job_text or (args.texts[0] if args.texts else None)}
-    jobs.run(
+    summary = jobs.run(
         args.command,
         inputs,
         args.out,
@@ -236,6 +237,9 @@ def run_job(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         **options,
     )
+    if summary.all_failed:  # exit code 3: a job that wrote rows, none of them a result
+        print(f"blipkit: error: every image failed; the reasons are in the error column of {args.out}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -27,6 +27,11 @@ class JobSummary:
     skipped: int  # images the output already had
     seconds: float
 
+    @property
+    def all_failed(self) -> bool:
+        """Every image this run processed failed (and there was at least one): the CLI exits with 3."""
+        return self.failed > 0 and self.done == 0
+
     def __str__(self) -> str:
         return f"done {self.done}, failed {self.failed}, skipped {self.skipped}, time {self.seconds:.1f}s"
 

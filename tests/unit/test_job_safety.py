@@ -257,6 +257,23 @@ def test_a_second_job_on_the_same_output_fails_at_once(models, tmp_path):
     assert not (tmp_path / "captions.jsonl.lock").exists()
 
 
+# ------------------------------------------------------------------------------------------------- 6. exit code
+def test_a_job_where_every_image_failed_exits_3(models, tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"not an image")
+    (folder / "b.png").write_bytes(IMAGES[1].read_bytes()[:300])
+    out = tmp_path / "captions.jsonl"
+    command = ["caption", folder, "--out", out, "--model", models / "caption"]
+    failed = blipkit(*command)
+    assert failed.returncode == 3
+    summary, message = failed.stderr.strip().splitlines()[-2:]
+    assert summary.startswith("caption: done 0, failed 2, skipped 0")
+    assert message == f"blipkit: error: every image failed; the reasons are in the error column of {out}"
+    again = blipkit(*command)
+    assert again.returncode == 0 and last_line(again).startswith("caption: done 0, failed 0, skipped 2")
+
+
 # ------------------------------------------------------------------------------------------------- 8. messages
 def test_cli_messages_name_the_output(models, tmp_path):
     notes = tmp_path / "notes.jsonl"
