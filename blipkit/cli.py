@@ -103,7 +103,20 @@ def _job_options(parser: argparse.ArgumentParser, required: bool = False) -> Non
     group.add_argument("--engine", choices=["local", "ray"], default="local", help="where the model runs")
     group.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
     group.add_argument("--ray-actors", type=_positive, default=1, help="model replicas on Ray (default: 1)")
-    group.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per Ray actor (default: 0)")
+
+    def gpus_per_actor(value: str) -> float:
+        from blipkit.jobs.ray_engine import check_gpus_per_actor
+
+        try:
+            gpus = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of GPUs, got {value!r}") from None
+        try:
+            return check_gpus_per_actor(gpus)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    group.add_argument("--ray-gpus", type=gpus_per_actor, default=0.0, help="GPUs per Ray actor (default: 0)")
 
 
 def _positive(value: str) -> int:

@@ -7,6 +7,7 @@ are identical; only where the model runs changes.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 
 from blipkit.jobs.sources import Item
@@ -30,6 +31,13 @@ def _image(value) -> str | bytes:
     return value if isinstance(value, str) else bytes(value)
 
 
+def check_gpus_per_actor(gpus: float) -> float:
+    """Ray's rule, told where the value enters: a share of one GPU (0 to 1), or a whole number of GPUs."""
+    if not math.isfinite(gpus) or gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
+        raise ValueError(f"GPUs per Ray actor must be a share of one GPU (0 to 1) or a whole number, got {gpus:g}")
+    return gpus
+
+
 def run_on_ray(
     spec: WorkerSpec,
     pending: list[Item],
@@ -38,7 +46,8 @@ def run_on_ray(
     actors: int,
     gpus_per_actor: float,
 ) -> Iterator[list[dict]]:
-    """Start or join Ray; the batches of records then stream back as the actors finish them."""
+    """Start or join Ray and check that it has the GPUs asked for, at once; the batches of records then stream back
+    as the actors finish them."""
     try:
         import ray
     except ImportError:
@@ -48,6 +57,7 @@ def run_on_ray(
     if not ray.is_initialized():
         # No address: start a local Ray on this machine; an address ("auto", "ray://host:10001") joins a cluster.
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    _check_cluster_gpus(ray.cluster_resources().get("GPU", 0), actors, gpus_per_actor)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     rows = [{"id": i.id, "image": i.image, "text": i.text or "", "error": i.error or ""} for i in pending]
@@ -63,3 +73,14 @@ def run_on_ray(
     )
     batches = results.iter_batches(batch_size=batch_size, batch_format="numpy")
     return ([json.loads(record) for record in batch["record"]] for batch in batches)
+
+
+def _check_cluster_gpus(available: float, actors: int, gpus_per_actor: float) -> None:
+    """Ray waits forever for GPUs a cluster does not have; say so at once instead."""
+    needed = actors * gpus_per_actor
+    if needed > available:
+        has = f"{available:g} GPUs" if available else "no GPUs"
+        raise RuntimeError(
+            f"the Ray cluster has {has}, but {actors} actors x {gpus_per_actor:g} GPUs need {needed:g}: lower "
+            "--ray-gpus (0 runs on CPUs) or --ray-actors, or join a cluster with GPUs (--ray-address)"
+        )

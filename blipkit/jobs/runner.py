@@ -14,7 +14,7 @@ from typing import Any
 
 from blipkit.jobs import provenance
 from blipkit.jobs.lock import exclusive
-from blipkit.jobs.ray_engine import run_on_ray
+from blipkit.jobs.ray_engine import check_gpus_per_actor, run_on_ray
 from blipkit.jobs.sinks import check_format, make_parent, open_sink
 from blipkit.jobs.sources import Item, iter_items
 from blipkit.jobs.workers import Worker, WorkerSpec
@@ -69,6 +69,7 @@ def run(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    check_gpus_per_actor(ray_gpus_per_actor)
     spec = WorkerSpec(task, model, dtype, device, question, text, prompt, generate_kwargs, quantize=quantize)
     out = Path(out)
     check_format(out, task)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -272,6 +273,32 @@ def test_a_job_where_every_image_failed_exits_3(models, tmp_path):
     assert message == f"blipkit: error: every image failed; the reasons are in the error column of {out}"
     again = blipkit(*command)
     assert again.returncode == 0 and last_line(again).startswith("caption: done 0, failed 0, skipped 2")
+
+
+# ------------------------------------------------------------------------------------------------- 7. Ray GPUs
+def test_bad_ray_gpus_values_are_refused(tmp_path):
+    result = blipkit("caption", IMAGES[0], "--out", tmp_path / "c.jsonl", "--ray-gpus", "-1")
+    assert result.returncode == 2
+    assert last_line(result) == (
+        "blipkit caption: error: argument --ray-gpus: GPUs per Ray actor must be a share of one GPU (0 to 1) or a "
+        "whole number, got -1"
+    )
+    for value in (1.5, float("nan"), -0.5, float("inf")):
+        with pytest.raises(ValueError, match="GPUs per Ray actor must be a share of one GPU"):
+            jobs.caption([str(IMAGES[0])], tmp_path / "c.jsonl", engine="ray", ray_gpus_per_actor=value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ray_without_the_gpus_asked_for_fails_at_once(models, tmp_path):
+    pytest.importorskip("ray", reason="Ray is the 'ray' extra (part of the 'test' extra)")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "RAY_USAGE_STATS_ENABLED": "0"}
+    result = blipkit("caption", IMAGES[0], "--out", tmp_path / "c.jsonl", "--model", models / "caption",
+                     "--engine", "ray", "--ray-actors", "2", "--ray-gpus", "0.5", env=env, timeout=300)  # fmt: skip
+    assert result.returncode == 1
+    assert last_line(result) == (
+        "blipkit: error: the Ray cluster has no GPUs, but 2 actors x 0.5 GPUs need 1: lower --ray-gpus (0 runs on "
+        "CPUs) or --ray-actors, or join a cluster with GPUs (--ray-address)"
+    )
 
 
 # ------------------------------------------------------------------------------------------------- 8. messages
