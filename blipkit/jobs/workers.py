@@ -14,6 +14,8 @@ import torch
 
 from blipkit.defaults import DEFAULT_MODELS
 from blipkit.jobs.sources import Item
+from blipkit.modeling.base import check_dtype
+from blipkit.modeling.quantize import check_method
 
 TASK_MODELS = {
     "caption": ("image-to-text", "BlipForConditionalGeneration"),
@@ -49,6 +51,11 @@ class WorkerSpec:
             raise ValueError(f"unknown job {self.task!r}; choose one of {', '.join(TASK_MODELS)}")
         if self.task == "ask" and not self.question:
             raise ValueError("an ask job needs a question")
+        # Checked here, before a job creates its output, rather than when the model loads.
+        if self.dtype not in (None, "auto"):
+            check_dtype(self.dtype)
+        if self.quantize is not None:
+            check_method(self.quantize)
 
     @property
     def fields(self) -> tuple[str, ...]:

@@ -241,17 +241,22 @@ class PreTrainedModel(nn.Module):
         save_safetensors(self.reference_state_dict(), directory, parse_size(max_shard_size))
 
 
+def check_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``dtype`` (a torch dtype or its name) if the models can compute in it; an error naming the choices if not."""
+    resolved = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if resolved not in COMPUTE_DTYPES:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in COMPUTE_DTYPES)
+        raise ValueError(f"dtype {dtype!r} is not one blipkit models compute in: use {allowed} or 'auto'")
+    return resolved
+
+
 def _resolve_dtype(dtype: torch.dtype | str | None, config: BaseConfig) -> torch.dtype:
     """float32 by default, the checkpoint's for "auto"; only the dtypes the models compute in."""
     if dtype is None:
         return torch.float32
     if dtype == "auto":
         dtype = config.extra.get("dtype") or config.extra.get("torch_dtype") or "float32"
-    resolved = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
-    if resolved not in COMPUTE_DTYPES:
-        allowed = ", ".join(str(d).removeprefix("torch.") for d in COMPUTE_DTYPES)
-        raise ValueError(f"dtype {dtype!r} is not one blipkit models compute in: use {allowed} or 'auto'")
-    return resolved
+    return check_dtype(dtype)
 
 
 def _other_model_class(config: BaseConfig, name: str) -> str | None:

@@ -62,10 +62,14 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def quantize_linears(model: nn.Module, method: str) -> None:
-    """Replace every ``Linear`` of ``model`` (built on the meta device, before loading) by its quantised form."""
+def check_method(method: str) -> None:
     if method not in QUANTIZE_METHODS:
         raise ValueError(f"unknown quantize method {method!r}; expected one of {list(QUANTIZE_METHODS)}")
+
+
+def quantize_linears(model: nn.Module, method: str) -> None:
+    """Replace every ``Linear`` of ``model`` (built on the meta device, before loading) by its quantised form."""
+    check_method(method)
     for name, module in list(model.named_modules()):
         if type(module) is Linear:
             owner, _, attribute = name.rpartition(".")

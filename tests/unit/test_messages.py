@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import blipkit
+from blipkit import jobs
 from blipkit.devices import available_devices, check_device
 from blipkit.hub import ModelNotFoundError, resolve_file
 from tests.conftest import IMAGES, VOCAB
@@ -241,6 +242,18 @@ def test_dtypes_the_models_cannot_compute_in_are_refused_at_load(models, dtype):
         "'auto'$",
     ):
         blipkit.BlipForConditionalGeneration.from_pretrained(models / "caption", dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [({"dtype": "float8_e4m3fn"}, "dtype 'float8_e4m3fn' is not one blipkit models compute in"),
+     ({"quantize": "int4"}, "unknown quantize method 'int4'")],
+    ids=str,
+)  # fmt: skip
+def test_a_job_with_a_bad_dtype_or_quantize_fails_before_creating_its_output(tmp_path, option, message):
+    with pytest.raises(ValueError, match=message):
+        jobs.caption(IMAGES[:1], tmp_path / "captions.jsonl", model=str(tmp_path / "no-model"), **option)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
