@@ -59,9 +59,11 @@ def linear(
     """
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     shape = (*x.shape[:-1], weight.shape[0])
-    upcast = scale is not None or (computes_low_precision_slowly(weight) and rows >= UPCAST_MIN_ROWS)
+    upcast = computes_low_precision_slowly(weight) and rows >= UPCAST_MIN_ROWS
+    if scale is not None:  # int8 weights: in float32, or in bf16/fp16 where this CPU computes them natively
+        upcast = x.dtype == torch.float32 or computes_low_precision_slowly(x)
     tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if tracked and (upcast or out is not None):  # autograd cannot record the out= kernels and reused buffers
+    if tracked and (upcast or scale is not None or out is not None):  # autograd cannot record out= and buffers
         return _differentiable_linear(x, weight, bias, scale, out, rows >= UPCAST_MIN_ROWS)
     if weight.device.type != "cpu" and scale is not None:
         return _written(F.linear(x, weight.to(x.dtype) * scale[:, None].to(x.dtype), bias), out, shape, x.dtype)
@@ -71,9 +73,10 @@ def linear(
     if few_rows and (upcast or weight.dtype == torch.float32):
         product = _transposed_linear(x.reshape(rows, -1), weight, bias, scale, upcast).t()
         return _written(product, out, shape, x.dtype)
-    if upcast:
+    if upcast or scale is not None:
         out = out if out is not None else torch.empty(shape, dtype=x.dtype)
-        _float32_linear(x.reshape(rows, -1), weight, bias, scale, out.view(rows, -1))
+        compute = torch.float32 if upcast else x.dtype
+        _sliced_linear(x.reshape(rows, -1), weight, bias, scale, out.view(rows, -1), compute)
         return out
     if out is None or out.dtype != x.dtype:
         return _written(F.linear(x, weight, bias), out, shape, x.dtype)
@@ -117,36 +120,43 @@ def _written(
     return out
 
 
-def _scratch_tensor(name: str, numel: int) -> torch.Tensor:
-    """A float32 buffer of at least ``numel`` elements, kept per thread and reused by every product."""
-    buffer = getattr(_scratch, name, None)
+def _scratch_tensor(name: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A buffer of at least ``numel`` elements, kept per thread and dtype and reused by every product."""
+    key = f"{name}.{dtype}"
+    buffer = getattr(_scratch, key, None)
     if buffer is None or buffer.numel() < numel:
-        buffer = torch.empty(numel, dtype=torch.float32)
-        setattr(_scratch, name, buffer)
+        buffer = torch.empty(numel, dtype=dtype)
+        setattr(_scratch, key, buffer)
     return buffer[:numel]
 
 
-def _float32_copy(weight: torch.Tensor) -> torch.Tensor:
-    return _scratch_tensor("weight", weight.numel()).view(weight.shape).copy_(weight)
+def _weight_copy(weight: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return _scratch_tensor("weight", weight.numel(), dtype).view(weight.shape).copy_(weight)
 
 
-def _float32_linear(
-    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None, out: torch.Tensor
+def _sliced_linear(
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    out: torch.Tensor,
+    compute: torch.dtype,
 ) -> None:
-    """``out = rows @ weight.T (* scale) + bias``, in float32: a slice of output features' weights at a time is
-    copied to float32, and multiplied with a chunk of rows at a time into a reused float32 tile that is then
-    rounded into ``out``. No float32 copy of the whole output is made (for a ViT's MLP on 8 images, 56 MB a
+    """``out = rows @ weight.T (* scale) + bias`` in the ``compute`` dtype (float32 for bf16 weights on CPUs slow at
+    bf16; bf16 for int8 weights on CPUs fast at it - int8 values are exact in bf16): a slice of output features'
+    weights at a time is copied to ``compute``, and multiplied with a chunk of rows at a time into a reused tile
+    that is then written into ``out``. No copy of the whole output is made (for a ViT's MLP on 8 images, 56 MB a
     layer); chunks of rows, unlike slices of output features, keep the products as fast as one whole product."""
-    rows = rows.float()
+    rows = rows.to(compute)
     step = max(1, UPCAST_BUFFER_ELEMENTS // max(1, weight.shape[1]))
     for start in range(0, weight.shape[0], step):
         stop = min(start + step, weight.shape[0])
-        weight32 = _float32_copy(weight[start:stop])
+        weight_slice = _weight_copy(weight[start:stop], compute)
         chunk = max(1, UPCAST_BUFFER_ELEMENTS // (stop - start))
         for first in range(0, rows.shape[0], chunk):
             last = min(first + chunk, rows.shape[0])
-            tile = _scratch_tensor("tile", (last - first) * (stop - start)).view(last - first, stop - start)
-            torch.mm(rows[first:last], weight32.t(), out=tile)
+            tile = _scratch_tensor("tile", (last - first) * (stop - start), compute).view(last - first, stop - start)
+            torch.mm(rows[first:last], weight_slice.t(), out=tile)
             if scale is not None:
                 tile.mul_(scale[start:stop])
             if bias is not None:
@@ -164,7 +174,7 @@ def _transposed_linear(
     out = torch.empty(weight.shape[0], rows.shape[0])
     step = max(1, UPCAST_BUFFER_ELEMENTS // weight.shape[1])
     for start in range(0, weight.shape[0], step):
-        torch.mm(_float32_copy(weight[start : start + step]), rows.t(), out=out[start : start + step])
+        torch.mm(_weight_copy(weight[start : start + step]), rows.t(), out=out[start : start + step])
     if scale is not None:
         out.mul_(scale[:, None])
     if bias is not None:

@@ -34,10 +34,13 @@ def test_quantize_rows_rejects_what_it_cannot_quantise():
         quantize_rows(torch.ones(3))
 
 
+@pytest.mark.parametrize("native_bf16", [False, True], ids=["slow-bf16-cpu", "native-bf16-cpu"])
 @pytest.mark.parametrize("rows", [1, 3, 8, 40])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_int8_linear_in_every_form_is_the_dequantised_product(monkeypatch, rows, dtype):
-    monkeypatch.setattr(linear, "INT8_KERNEL_MAX_ROWS", 3)  # 1 and 3 rows: the int8 kernel; 8 and 40: float32 slices
+def test_int8_linear_in_every_form_is_the_dequantised_product(monkeypatch, rows, dtype, native_bf16):
+    # 1 and 3 rows: the int8 kernel; 8 and 40: slices in float32, or in bf16 where the CPU computes bf16 natively
+    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", not native_bf16)
+    monkeypatch.setattr(linear, "INT8_KERNEL_MAX_ROWS", 3)
     monkeypatch.setattr(linear, "TRANSPOSED_MAX_ROWS", 10)
     monkeypatch.setattr(linear, "UPCAST_BUFFER_ELEMENTS", 100)
     generator = torch.Generator().manual_seed(rows)
@@ -47,7 +50,7 @@ def test_int8_linear_in_every_form_is_the_dequantised_product(monkeypatch, rows,
     out = linear.linear(x, quantized, bias, scale=scale)
     truth = F.linear(x.double(), quantized.double() * scale.double()[:, None], bias.double())
     assert out.dtype == dtype and out.shape == (rows, 48)
-    # Few rows run with bf16 activations (the int8 kernel's fast type); many rows entirely in float32.
+    # Few rows run with bf16 activations (the int8 kernel's fast type); many rows in float32 for float32 inputs.
     tolerance = 1e-5 if dtype == torch.float32 and rows > 3 else 2**-7
     torch.testing.assert_close(out.double(), truth, rtol=tolerance, atol=tolerance * truth.abs().max().item())
 
