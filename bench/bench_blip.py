@@ -12,6 +12,7 @@ work. The last columns put blipkit's useful matrix arithmetic against this machi
 from __future__ import annotations
 
 import argparse
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", default=[r.name for r in ROWS], choices=[r.name for r in ROWS])
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    print_machine()
     peaks: dict = {}
     print(
         "| task | dtype | batch | beams | reference img/s | blipkit img/s | ratio | peak GFLOP/s | blipkit % of peak |"
@@ -132,6 +134,21 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in (r for r in ROWS if r.name in args.rows):
         print(measure(row, args.rounds, peaks), flush=True)
+
+
+def print_machine() -> None:
+    """Which CPU this is and the form each product and attention takes on it (``blipkit info --speed``): a figure
+    without its CPU class is not a figure."""
+    from blipkit.info import speed_choices
+
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    model = model or platform.processor()
+    print(f"CPU: {model}")
+    for what, form in speed_choices().items():
+        print(f"- {what}: {form}")
+    print()
 
 
 def measure(row: Row, rounds: int, peaks: dict) -> str:

@@ -94,6 +94,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS)
     args = parser.parse_args()
     path = build_checkpoint()
+    from bench_blip import print_machine
+
+    print_machine()
     print(
         "| implementation | load s | first caption s | caption s | vs reference | peak RSS GB | weights GB "
         "| peak / weights |"

@@ -71,8 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(embed, "image-text-matching")
     _job_options(embed, required=True)
 
-    info = commands.add_parser("info", help="describe a model", description="Config summary, parameters, files.")
-    info.add_argument("model", metavar="MODEL", help="Hub id or local directory")
+    info = commands.add_parser(
+        "info",
+        help="describe a model, or this machine's speed choices",
+        description="Config summary, parameters, files; with --speed, the form each product and attention takes here.",
+    )
+    info.add_argument("model", metavar="MODEL", nargs="?", help="Hub id or local directory")
+    info.add_argument("--speed", action="store_true", help="print this CPU's class and the forms blipkit runs")
     info.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
@@ -136,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("match needs at least one TEXT (or --out for a batch job)")
     if args.command == "match" and args.out and len(args.texts) > 1:
         parser.error("with --out, give one TEXT (or --text) to match every image against")
+    if args.command == "info" and not args.model and not args.speed:
+        parser.error("info needs a MODEL, or --speed")
     # huggingface_hub logs every retry of an unreachable Hub to stderr; a failure here is reported in one line.
     os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     try:
@@ -257,8 +264,18 @@ def run_job(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from blipkit.info import describe
+    from blipkit.info import describe, speed_choices
 
+    if args.speed:
+        choices = speed_choices()
+        if args.json:
+            print(json.dumps(choices, indent=2))
+        else:
+            width = max(map(len, choices)) + 2
+            for what, form in choices.items():
+                print(f"{what + ':':<{width}} {form}")
+        if not args.model:
+            return 0
     summary = describe(args.model)
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -1,4 +1,5 @@
-"""What a model is, without loading it: config summary, parameter count and dtypes from the files' headers."""
+"""What a model is, without loading it (config summary, parameter count and dtypes from the files' headers), and
+which form each product and attention takes on this machine."""
 
 from __future__ import annotations
 
@@ -62,3 +63,33 @@ def _tensor_headers(path):
 
 
 _DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "I64": "int64", "F64": "float64"}
+
+
+def speed_choices() -> dict[str, str]:
+    """The form each kind of product and attention takes here, as decided from this CPU's class: asked of the same
+    predicates the layers call, so what this prints is what runs."""
+    import torch
+
+    from blipkit.modeling import cpu, layers, linear
+
+    detected = cpu.detect()
+    forced = detected != linear.CPU_CLASS
+    bf16 = torch.empty(1, 1, 1, 1, dtype=torch.bfloat16)
+    slow = linear.computes_low_precision_slowly(bf16)
+    eager = layers.eager_attention_is_faster(bf16.expand(1, 1, layers.EAGER_MAX_QUERIES, 1))
+    return {
+        "cpu class": f"{linear.CPU_CLASS} (forced by {cpu.ENVIRONMENT_VARIABLE}; detected {detected})"
+        if forced
+        else f"{linear.CPU_CLASS} (detected)",
+        "torch": f"{torch.__version__}, {torch.get_num_threads()} threads, kernels for "
+        f"{torch.backends.cpu.get_cpu_capability()}",
+        f"bf16 products, {linear.UPCAST_MIN_ROWS}+ rows": "float32, from bf16 weight slices" if slow else "bf16",
+        f"bf16 products, 1-{linear.UPCAST_MIN_ROWS - 1} rows": "bf16",
+        f"float32 products, 2-{linear.TRANSPOSED_MAX_ROWS} rows": "W @ x.T",
+        f"bf16 attention, up to {layers.EAGER_MAX_QUERIES} queries": "matmul-softmax-matmul" if eager else "SDPA",
+        "other attention": "SDPA",
+        "image keys/values a bf16 decoder reads": "float32" if slow else "bf16",
+        "bf16 patch convolution": "float32" if slow else "bf16",
+        f"int8 products, up to {linear.INT8_KERNEL_MAX_ROWS} rows": "int8-weight kernel, bf16 activations",
+        "int8 products, more rows (bf16 models)": "float32 slices" if slow else "bf16 slices",
+    }

@@ -227,7 +227,7 @@ def attend(
     rows, heads, tokens, dim = q.shape
     if groups > 1:
         q = q.view(k.shape[0], groups, heads, tokens, dim).transpose(1, 2).reshape(k.shape[0], heads, -1, dim)
-    if dropout == 0.0 and _eager_is_faster(q):
+    if dropout == 0.0 and eager_attention_is_faster(q):
         out = _eager_attention(q, k, v, mask, is_causal, scale)
     else:
         out = F.scaled_dot_product_attention(
@@ -238,7 +238,8 @@ def attend(
     return out
 
 
-def _eager_is_faster(q: torch.Tensor) -> bool:
+def eager_attention_is_faster(q: torch.Tensor) -> bool:
+    """Whether attention for these (rows, heads, queries, head_dim) queries takes ``_eager_attention``."""
     low_precision = q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu"
     return low_precision and not computes_low_precision_slowly(q) and q.shape[2] <= EAGER_MAX_QUERIES
 

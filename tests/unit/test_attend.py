@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,3 +96,21 @@ def test_the_cpu_class_can_be_forced(cpu_class, slow):
 def test_an_unknown_cpu_class_is_refused():
     done = run_python("import blipkit.modeling.linear", "avx9000")
     assert "BLIPKIT_CPU_CLASS='avx9000' is not a CPU class; use one of avx2, avx512_bf16, amx" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "cpu_class, expected",
+    [
+        ("avx2", {"bf16 products, 8+ rows": "float32, from bf16 weight slices", "bf16 attention, up to 16 queries":
+                  "SDPA", "int8 products, more rows (bf16 models)": "float32 slices"}),
+        ("avx512_bf16", {"bf16 products, 8+ rows": "bf16", "bf16 attention, up to 16 queries":
+                         "matmul-softmax-matmul", "int8 products, more rows (bf16 models)": "bf16 slices"}),
+    ],
+)  # fmt: skip
+def test_info_speed_prints_the_forms_this_cpu_class_takes(cpu_class, expected):
+    blipkit = str(Path(sys.executable).parent / "blipkit")
+    env = {**os.environ, "BLIPKIT_CPU_CLASS": cpu_class}
+    done = subprocess.run([blipkit, "info", "--speed", "--json"], capture_output=True, text=True, env=env)
+    choices = json.loads(done.stdout)
+    assert choices["cpu class"].startswith(f"{cpu_class} (")
+    assert {key: choices[key] for key in expected} == expected
