@@ -60,12 +60,6 @@ class PreTrainedModel(nn.Module):
         """Whether the model was loaded with ``quantize`` (some of its layers hold int8 weights)."""
         return any(isinstance(module, Int8Linear) for module in self.modules())
 
-    def _quantised_layer(self, key: str) -> Int8Linear | None:
-        """The quantised layer whose weight ``key`` names, if it is one."""
-        owner_name, _, attribute = key.rpartition(".")
-        owner = self.get_submodule(owner_name)
-        return owner if isinstance(owner, Int8Linear) and attribute == "weight" else None
-
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -126,55 +120,49 @@ class PreTrainedModel(nn.Module):
             model = cls(config, **model_kwargs)
             if quantize is not None:
                 quantize_linears(model, quantize)
-        missing, unexpected, mis_shaped = model._load_tensors(weight_files(name_or_path, **hub), dtype, device)
+        # A quantised model must not keep the files mapped through its other tensors: the pages of the float
+        # weights it has read would stay resident beside their int8 copies.
+        copy = quantize is not None
+        missing, unexpected, mis_shaped = model._load_tensors(weight_files(name_or_path, **hub), dtype, device, copy)
         if strict and (missing or unexpected or mis_shaped):
             raise CheckpointError(model._mismatch_message(name_or_path, missing, unexpected, mis_shaped))
         model._materialise_missing(dtype, device)
         return model.eval()
 
     def _load_tensors(
-        self, files: list[Path], dtype: torch.dtype, device: torch.device
+        self, files: list[Path], dtype: torch.dtype, device: torch.device, copy: bool
     ) -> tuple[list[str], list[str], list[str]]:
-        """Assign the files' tensors to the model; return the (missing, unexpected, mis-shaped) reference keys."""
+        """Give the model the files' tensors one at a time, each through ``load_weight``; return the (missing,
+        unexpected, mis-shaped) reference keys. ``copy`` copies tensors out of the mapped files instead of viewing them.
+        """
         expected = dict(self.state_dict(keep_vars=True))
-        quantized = self._is_quantized
         tied = self.tied_reference_keys()
         seen: set[str] = set()
         unexpected, mis_shaped = [], []
         for path in files:
-            batch: dict[str, torch.Tensor] = {}
             for ref_key, tensor in iter_tensors(path):
                 if ref_key in tied:
                     continue
                 key = self.key_map.to_ours(ref_key)
-                target = expected.get(key)
-                if target is None:
+                slot = expected.get(key)
+                if slot is None:
                     unexpected.append(ref_key)
-                elif target.shape != tensor.shape:
-                    seen.add(key)  # reported as mis-shaped, not also as missing
-                    mis_shaped.append(f"{ref_key} (checkpoint {tuple(tensor.shape)}, model {tuple(target.shape)})")
-                elif target.dtype == torch.int8 and tensor.is_floating_point():  # a quantised layer's weight
-                    self._quantised_layer(key).load_float_weight(tensor.to(device))
-                    seen.add(key)
+                    continue
+                seen.add(key)  # a mis-shaped key is reported as such, not also as missing
+                if slot.shape != tensor.shape:
+                    mis_shaped.append(f"{ref_key} (checkpoint {tuple(tensor.shape)}, model {tuple(slot.shape)})")
                 else:
-                    converted = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
-                    # A quantised model must not keep the file mapped through its other tensors: the pages of
-                    # the float weights it has read would stay resident beside their int8 copies.
-                    batch[key] = converted.clone() if quantized and converted is tensor else converted
-                    seen.add(key)
-            # Assigning per file keeps one shard's worth of tensors alive at a time.
-            self.load_state_dict(batch, strict=False, assign=True)
+                    self._load_weight(key, _as_loaded(tensor, slot, dtype, device, copy))
         for module, _target, source, full in self._optional_ties():
             if full not in seen:
-                shared = module.get_parameter(source)
-                if quantized_layer := self._quantised_layer(full):  # its own int8 copy, no longer shared storage
-                    quantized_layer.load_float_weight(shared.detach())
-                else:
-                    owner_name, _, attribute = full.rpartition(".")
-                    setattr(self.get_submodule(owner_name), attribute, shared)
+                self._load_weight(full, module.get_parameter(source))
                 seen.add(full)
         missing = [self.key_map.to_reference(k) for k in expected if k not in seen]
         return missing, unexpected, mis_shaped
+
+    def _load_weight(self, key: str, tensor: torch.Tensor) -> None:
+        owner_name, _, attribute = key.rpartition(".")
+        load_weight(self.get_submodule(owner_name), attribute, tensor)
 
     def _mismatch_message(
         self, source: str | os.PathLike, missing: list[str], unexpected: list[str], mis_shaped: list[str]
@@ -197,34 +185,23 @@ class PreTrainedModel(nn.Module):
         )
 
     def _materialise_missing(self, dtype: torch.dtype, device: torch.device) -> None:
-        """Give weights the checkpoint lacked real storage and the reference's initialisation."""
+        """Give the weights the checkpoint lacked the reference's initialisation, through ``load_weight`` as if read."""
         for module in self.modules():
-            if any(p.is_meta for p in module.parameters(recurse=False)):
-                if isinstance(module, Int8Linear):
-                    # Initialise float parameters as the reference would; the weight is then quantised.
-                    stand_in = nn.Linear(module.in_features, module.out_features, device=device, dtype=dtype)
-                    self._init_weights(stand_in)
-                    if module.weight.is_meta:
-                        module.load_float_weight(stand_in.weight.detach())
-                    if module.bias is not None and module.bias.is_meta:
-                        module.bias = stand_in.bias
-                    continue
-                module.to_empty(device=device, recurse=False)
-                module.to(dtype)
-                self._init_weights(module)
+            for name, param in list(module.named_parameters(recurse=False)):
+                if param.is_meta:
+                    # In the load dtype even where the layer stores another (int8): it converts what it is given.
+                    value = torch.empty(param.shape, dtype=dtype, device=device)
+                    self._init_weight(module, name, value)
+                    load_weight(module, name, value)
 
-    def _init_weights(self, module: nn.Module) -> None:
-        std = getattr(self.config, "initializer_range", 0.02)
-        if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-            nn.init.ones_(module.weight)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
-            return
-        for name, param in module.named_parameters(recurse=False):
-            if name == "bias":
-                nn.init.zeros_(param)
-            else:
-                nn.init.normal_(param, std=std)
+    def _init_weight(self, module: nn.Module, name: str, value: torch.Tensor) -> None:
+        """As the reference initialises: biases zero, norms' scales one, the rest normal(0, initializer_range)."""
+        if name == "bias":
+            nn.init.zeros_(value)
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            nn.init.ones_(value)
+        else:
+            nn.init.normal_(value, std=getattr(self.config, "initializer_range", 0.02))
 
     def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str | None = "5GB") -> None:
         """Write config.json and safetensors weights (sharded above ``max_shard_size``) the reference can load."""
@@ -239,6 +216,31 @@ class PreTrainedModel(nn.Module):
         self.config.extra["dtype"] = str(self.dtype).removeprefix("torch.")
         self.config.save_pretrained(directory)
         save_safetensors(self.reference_state_dict(), directory, parse_size(max_shard_size))
+
+
+def load_weight(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Give ``module`` its parameter or buffer ``name``: through the module's own ``load_weight`` where it has one (a
+    layer that stores weights in a form of its own, such as int8, converts them as they arrive), else by assignment.
+    """
+    own_loader = getattr(module, "load_weight", None)
+    if own_loader is not None:
+        own_loader(name, tensor)
+    elif isinstance(tensor, nn.Parameter) or name not in module._parameters:
+        setattr(module, name, tensor)  # a tied weight stays the very Parameter it is tied to
+    else:
+        setattr(module, name, nn.Parameter(tensor, requires_grad=module._parameters[name].requires_grad))
+
+
+def _as_loaded(
+    tensor: torch.Tensor, slot: torch.Tensor, dtype: torch.dtype, device: torch.device, copy: bool
+) -> torch.Tensor:
+    """``tensor`` as the model holds it: on ``device``, floats in ``dtype``, copied out of the file if ``copy``. A
+    float tensor whose slot is not a float (an int8 weight) goes on as read: its layer converts it from those values.
+    """
+    if tensor.is_floating_point() and not slot.is_floating_point():
+        return tensor.to(device)
+    converted = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+    return converted.clone() if copy and converted is tensor else converted
 
 
 def check_dtype(dtype: torch.dtype | str) -> torch.dtype:

@@ -37,8 +37,8 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Int8Linear(nn.Module):
-    """A ``Linear`` whose weight is int8 with a float32 scale per output feature. Loading assigns it a
-    floating-point weight through ``load_float_weight``, which quantises it."""
+    """A ``Linear`` whose weight is int8 with a float32 scale per output feature, quantised from the float weight the
+    loader hands to ``load_weight``."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -48,8 +48,13 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.empty(out_features, dtype=torch.float32), persistent=False)
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype)) if bias else None
 
-    def load_float_weight(self, weight: torch.Tensor) -> None:
-        quantized, self.weight_scale = quantize_rows(weight)
+    def load_weight(self, name: str, tensor: torch.Tensor) -> None:
+        """The loader's hook (``base.load_weight``): a float weight is quantised as it arrives, so the float copy is
+        never kept; a tied one (T5's LM head) gets its own int8 copy, no longer sharing the embeddings' storage."""
+        if name == "bias":
+            self.bias = nn.Parameter(tensor)
+            return
+        quantized, self.weight_scale = quantize_rows(tensor.detach())
         self.weight = nn.Parameter(quantized, requires_grad=False)
 
     def dequantized_weight(self) -> torch.Tensor:

@@ -157,3 +157,13 @@ def test_unknown_quantize_method_is_named(tmp_path):
     save_reference("BlipForConditionalGeneration", tmp_path)
     with pytest.raises(ValueError, match=r"unknown quantize method 'int4'; expected one of \['int8'\]"):
         blipkit.BlipForConditionalGeneration.from_pretrained(tmp_path, quantize="int4")
+
+
+def test_int8_linear_quantises_what_the_loader_hands_it():
+    layer = Int8Linear(50, 6, bias=True)
+    weight = torch.nn.Parameter(torch.randn(6, 50, generator=torch.Generator().manual_seed(0)))  # as a tied weight
+    layer.load_weight("weight", weight)
+    layer.load_weight("bias", torch.ones(6))
+    quantized, scale = quantize_rows(weight.detach())
+    assert torch.equal(layer.weight, quantized) and torch.equal(layer.weight_scale, scale)
+    assert not layer.weight.requires_grad and torch.equal(layer.bias, torch.ones(6))
