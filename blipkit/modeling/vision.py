@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,9 +90,9 @@ class VisionLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = MLP(dim, config.intermediate_size, config.hidden_act)
 
-    def forward(self, x: torch.Tensor, workspace: Workspace | None = None) -> torch.Tensor:
-        x = residual(self.attn(self.norm1(x), workspace=workspace), x)
-        return residual(self.mlp(self.norm2(x), workspace), x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = residual(self.attn(self.norm1(x)), x)
+        return residual(self.mlp(self.norm2(x)), x)
 
 
 class BlipVisionModel(PreTrainedModel):
@@ -116,11 +118,11 @@ class BlipVisionModel(PreTrainedModel):
         check_pixel_values(pixel_values, self.embeddings.patch_size)
         x = self.embeddings(pixel_values, interpolate_pos_encoding)
         hidden_states = [x] if output_hidden_states else None
-        workspace = None if builds_graph(self, x) else Workspace()
-        for layer in self.blocks:
-            x = layer(x, workspace)
-            if hidden_states is not None:
-                hidden_states.append(x)
+        with Workspace.reused() if not builds_graph(self, x) else nullcontext():
+            for layer in self.blocks:
+                x = layer(x)
+                if hidden_states is not None:
+                    hidden_states.append(x)
         last = self.post_layernorm(x)
         return BaseModelOutputWithPooling(
             last_hidden_state=last,

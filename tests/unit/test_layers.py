@@ -47,7 +47,10 @@ def test_residual_writes_into_the_update_only_without_gradients():
 
 
 def test_workspace_keeps_a_buffer_per_name_until_its_shape_or_dtype_changes():
-    workspace = Workspace()
+    assert Workspace.current() is None
+    with Workspace.reused() as workspace:
+        assert Workspace.current() is workspace
+    assert Workspace.current() is None
     like = torch.zeros(1)
     first = workspace.buffer("mlp.hidden", (2, 3), like)
     assert workspace.buffer("mlp.hidden", (2, 3), like) is first
