@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from blipkit.hub import ModelNotFoundError, read_json, resolve_file
+from blipkit.hub import ModelFiles, ModelNotFoundError, read_json
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -57,18 +57,18 @@ class KeyMap:
         return self._apply(self._to_reference, key)
 
 
-def weight_files(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> list[Path]:
+def weight_files(files: ModelFiles) -> list[Path]:
     """The weight files of a model, preferring safetensors, following a shard index where there is one."""
     for single, index in ((SAFETENSORS, SAFETENSORS_INDEX), (TORCH_BIN, TORCH_BIN_INDEX)):
-        path = resolve_file(name_or_path, single, required=False, **hub_kwargs)
+        path = files.get(single, required=False)
         if path is not None:
             return [path]
-        index_path = resolve_file(name_or_path, index, required=False, **hub_kwargs)
+        index_path = files.get(index, required=False)
         if index_path is not None:
             shards = sorted(set(_read_index(index_path)["weight_map"].values()))
-            return [resolve_file(name_or_path, shard, **hub_kwargs) for shard in shards]
+            return [files.get(shard) for shard in shards]
     raise ModelNotFoundError(
-        f"{name_or_path} has no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {TORCH_BIN} or {TORCH_BIN_INDEX}"
+        f"{files.name} has no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {TORCH_BIN} or {TORCH_BIN_INDEX}"
     )
 
 

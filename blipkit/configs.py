@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from blipkit.hub import read_json, resolve_file
+from blipkit.hub import ModelFiles, read_json
 
 C = TypeVar("C", bound="BaseConfig")
 
@@ -98,9 +98,9 @@ class BaseConfig:
         return cls.from_dict(read_json(Path(path), ConfigError))
 
     @classmethod
-    def from_pretrained(cls: type[C], name_or_path: str | os.PathLike, **hub_kwargs: Any) -> C:
-        """Read config.json from a local directory or a Hub repository id."""
-        return cls.from_json_file(resolve_file(name_or_path, CONFIG_NAME, **hub_kwargs))
+    def from_pretrained(cls: type[C], name_or_path: str | os.PathLike | ModelFiles, **hub_kwargs: Any) -> C:
+        """Read config.json from a local directory, a Hub repository id or opened ``ModelFiles``."""
+        return cls.from_json_file(ModelFiles.open(name_or_path, **hub_kwargs).get(CONFIG_NAME))
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {

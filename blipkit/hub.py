@@ -1,4 +1,4 @@
-"""Find a file of a model: in a local directory, or in a Hub repository through huggingface_hub's cache."""
+"""Find a model's files: in a local directory, or in a Hub repository through huggingface_hub's cache."""
 
 from __future__ import annotations
 
@@ -11,6 +11,58 @@ from typing import Any
 
 class ModelNotFoundError(OSError):
     """The model (or one of its required files) cannot be found locally or on the Hub."""
+
+
+class ModelFiles:
+    """Where one model's files come from: a local directory, or a Hub repository with the settings to reach it.
+
+    Opened once and handed to the config, the weight reader and the processors, so each file is looked up once however
+    many of them read it. ``ModelFiles.open(name_or_path, revision=..., cache_dir=..., local_files_only=...,
+    token=...)``; ``get(filename)`` is the file's local path, ``weights()`` the weight files.
+    """
+
+    def __init__(self, name: str | os.PathLike, settings: dict[str, Any]) -> None:
+        self.name = name
+        self.settings = settings  # huggingface_hub's: revision, cache_dir, local_files_only, token
+        self._found: dict[str, Path | None] = {}
+
+    @classmethod
+    def open(
+        cls,
+        name_or_path: str | os.PathLike | ModelFiles,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+    ) -> ModelFiles:
+        """The files of ``name_or_path``. A ``ModelFiles`` given instead is returned as it is; settings given beside it
+        must agree with its own, since they could not apply to the files it has already found."""
+        settings = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+        if not isinstance(name_or_path, ModelFiles):
+            return cls(name_or_path, settings)
+        clashing = {k: v for k, v in settings.items() if v not in (None, False) and v != name_or_path.settings[k]}
+        if clashing:
+            raise ValueError(f"{clashing} differ from what {name_or_path!r} was opened with: give them to its open")
+        return name_or_path
+
+    def get(self, filename: str, required: bool = True) -> Path | None:
+        """The local path of ``filename`` (downloaded if need be); None for a missing file unless ``required``."""
+        path = self._found.get(filename)
+        # A file found missing when it was optional is looked up again when required, for the error that says why.
+        if filename not in self._found or (path is None and required):
+            path = self._found[filename] = resolve_file(self.name, filename, required=required, **self.settings)
+        return path
+
+    def weights(self) -> list[Path]:
+        """The weight files: safetensors before .bin, one file or the shards its index names."""
+        from blipkit.checkpoint import weight_files  # checkpoint reads weight files and imports this module
+
+        return weight_files(self)
+
+    def __repr__(self) -> str:
+        given = ", ".join(f"{k}={v!r}" for k, v in self.settings.items() if v not in (None, False) and k != "token")
+        return f"ModelFiles({str(self.name)!r}{', ' if given else ''}{given})"
 
 
 def resolve_file(

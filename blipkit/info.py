@@ -7,8 +7,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from blipkit.checkpoint import weight_files
-from blipkit.hub import read_json, resolve_file
+from blipkit.hub import ModelFiles, read_json
 
 PART_FIELDS = {
     "vision_config": ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size"),
@@ -17,12 +16,12 @@ PART_FIELDS = {
 }
 
 
-def describe(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> dict[str, Any]:
-    config_path = resolve_file(name_or_path, "config.json", **hub_kwargs)
+def describe(name_or_path: str | os.PathLike | ModelFiles, **hub_kwargs: Any) -> dict[str, Any]:
+    files = ModelFiles.open(name_or_path, **hub_kwargs)
+    config_path = files.get("config.json")
     config = read_json(config_path)
-    files = weight_files(name_or_path, **hub_kwargs)
     parameters, dtypes = 0, Counter()
-    for path in files:
+    for path in files.weights():
         for shape, dtype in _tensor_headers(path):
             count = 1
             for dim in shape:
@@ -32,7 +31,7 @@ def describe(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> dict[str, An
     folder = config_path.parent
     listing = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
     return {
-        "model": str(name_or_path),
+        "model": str(files.name),
         "model_type": config.get("model_type", "unknown"),
         "architectures": config.get("architectures") or [],
         "parts": {

@@ -16,10 +16,10 @@ from blipkit.checkpoint import (
     iter_tensors,
     parse_size,
     save_safetensors,
-    weight_files,
 )
 from blipkit.configs import BaseConfig
 from blipkit.devices import check_device
+from blipkit.hub import ModelFiles
 from blipkit.modeling.quantize import Int8Linear, quantize_linears
 
 M = TypeVar("M", bound="PreTrainedModel")
@@ -89,7 +89,7 @@ class PreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls: type[M],
-        name_or_path: str | os.PathLike,
+        name_or_path: str | os.PathLike | ModelFiles,
         *,
         config: BaseConfig | None = None,
         dtype: torch.dtype | str | None = None,
@@ -102,7 +102,7 @@ class PreTrainedModel(nn.Module):
         quantize: str | None = None,
         **model_kwargs: Any,
     ) -> M:
-        """Load a model from a local directory or a Hub id.
+        """Load a model from a local directory, a Hub id or opened ``ModelFiles`` (``blipkit.hub``).
 
         The model is built on the meta device and the checkpoint's tensors are assigned to it one by one, so
         no random initialisation is paid and peak memory stays near the size of the weights. ``dtype``
@@ -112,9 +112,11 @@ class PreTrainedModel(nn.Module):
         linear layers' weights as int8 (see ``blipkit.modeling.quantize``), quantised as each is read.
         """
         device = check_device(device) or torch.device("cpu")
-        hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+        files = ModelFiles.open(
+            name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+        )
         if config is None:
-            config = cls.config_class.from_pretrained(name_or_path, **hub)
+            config = cls.config_class.from_pretrained(files)
         dtype = _resolve_dtype(dtype, config)
         with torch.device("meta"):
             model = cls(config, **model_kwargs)
@@ -123,9 +125,9 @@ class PreTrainedModel(nn.Module):
         # A quantised model must not keep the files mapped through its other tensors: the pages of the float
         # weights it has read would stay resident beside their int8 copies.
         copy = quantize is not None
-        missing, unexpected, mis_shaped = model._load_tensors(weight_files(name_or_path, **hub), dtype, device, copy)
+        missing, unexpected, mis_shaped = model._load_tensors(files.weights(), dtype, device, copy)
         if strict and (missing or unexpected or mis_shaped):
-            raise CheckpointError(model._mismatch_message(name_or_path, missing, unexpected, mis_shaped))
+            raise CheckpointError(model._mismatch_message(files.name, missing, unexpected, mis_shaped))
         model._materialise_missing(dtype, device)
         return model.eval()
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from blipkit.hub import read_json, resolve_file
+from blipkit.hub import ModelFiles, read_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -379,15 +379,16 @@ class BlipImageProcessor:
         return cls(**config)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **hub_kwargs: Any) -> BlipImageProcessor:
+    def from_pretrained(cls, name_or_path: str | os.PathLike | ModelFiles, **hub_kwargs: Any) -> BlipImageProcessor:
         """Read preprocessor_config.json, or the image processor part of a processor_config.json."""
-        path = resolve_file(name_or_path, PREPROCESSOR_CONFIG, required=False, **hub_kwargs)
+        files = ModelFiles.open(name_or_path, **hub_kwargs)
+        path = files.get(PREPROCESSOR_CONFIG, required=False)
         if path is not None:
             return cls.from_dict(read_json(path))
-        path = resolve_file(name_or_path, PROCESSOR_CONFIG, required=False, **hub_kwargs)
+        path = files.get(PROCESSOR_CONFIG, required=False)
         if path is not None and "image_processor" in (config := read_json(path)):
             return cls.from_dict(config["image_processor"])
-        raise FileNotFoundError(f"{name_or_path} has no {PREPROCESSOR_CONFIG}")
+        raise FileNotFoundError(f"{files.name} has no {PREPROCESSOR_CONFIG}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from blipkit.hub import read_json, resolve_file
+from blipkit.hub import ModelFiles, read_json
 from blipkit.processing.image import IMAGE_OPTIONS, BlipImageProcessor, BlipImageProcessorFast
 from blipkit.processing.text import BlipTokenizer, TextTokenizer
 
@@ -25,14 +25,12 @@ class BlipProcessor:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | os.PathLike, use_fast: bool = False, **hub_kwargs: Any
+        cls, name_or_path: str | os.PathLike | ModelFiles, use_fast: bool = False, **hub_kwargs: Any
     ) -> BlipProcessor:
         """``use_fast=True`` takes the batched torch image path (``BlipImageProcessorFast``)."""
+        files = ModelFiles.open(name_or_path, **hub_kwargs)
         image_cls = BlipImageProcessorFast if use_fast else BlipImageProcessor
-        return cls(
-            image_cls.from_pretrained(name_or_path, **hub_kwargs),
-            BlipTokenizer.from_pretrained(name_or_path, **hub_kwargs),
-        )
+        return cls(image_cls.from_pretrained(files), BlipTokenizer.from_pretrained(files))
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         directory = Path(save_directory)
@@ -90,14 +88,15 @@ class Blip2Processor(BlipProcessor):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | os.PathLike, use_fast: bool = False, **hub_kwargs: Any
+        cls, name_or_path: str | os.PathLike | ModelFiles, use_fast: bool = False, **hub_kwargs: Any
     ) -> Blip2Processor:
+        files = ModelFiles.open(name_or_path, **hub_kwargs)
         image_cls = BlipImageProcessorFast if use_fast else BlipImageProcessor
-        config_path = resolve_file(name_or_path, "processor_config.json", required=False, **hub_kwargs)
+        config_path = files.get("processor_config.json", required=False)
         config = read_json(config_path) if config_path else {}
         return cls(
-            image_cls.from_pretrained(name_or_path, **hub_kwargs),
-            TextTokenizer.from_pretrained(name_or_path, **hub_kwargs),
+            image_cls.from_pretrained(files),
+            TextTokenizer.from_pretrained(files),
             num_query_tokens=config.get("num_query_tokens"),
         )
 

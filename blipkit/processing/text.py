@@ -14,7 +14,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from blipkit.hub import read_json, resolve_file
+from blipkit.hub import ModelFiles, read_json
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -65,23 +65,24 @@ class TextTokenizer:
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **hub_kwargs: Any) -> TextTokenizer:
-        config_path = resolve_file(name_or_path, TOKENIZER_CONFIG, required=False, **hub_kwargs)
+    def from_pretrained(cls, name_or_path: str | os.PathLike | ModelFiles, **hub_kwargs: Any) -> TextTokenizer:
+        files = ModelFiles.open(name_or_path, **hub_kwargs)
+        config_path = files.get(TOKENIZER_CONFIG, required=False)
         config = read_json(config_path) if config_path else {}
-        specials_path = resolve_file(name_or_path, SPECIAL_TOKENS_MAP, required=False, **hub_kwargs)
+        specials_path = files.get(SPECIAL_TOKENS_MAP, required=False)
         if specials_path:
             config = {**read_json(specials_path), **config}
-        tokenizer_path = resolve_file(name_or_path, TOKENIZER_FILE, required=False, **hub_kwargs)
+        tokenizer_path = files.get(TOKENIZER_FILE, required=False)
         if tokenizer_path is not None:
             try:
                 return cls(Tokenizer.from_file(str(tokenizer_path)), config)
             except Exception as e:  # the tokenizers library raises a bare Exception for bad files
                 raise ValueError(f"{tokenizer_path} is not a valid tokenizer file: {e}") from e
-        return cls._without_tokenizer_json(name_or_path, config, hub_kwargs)
+        return cls._without_tokenizer_json(files, config)
 
     @classmethod
-    def _without_tokenizer_json(cls, name_or_path, config: dict[str, Any], hub_kwargs: dict) -> TextTokenizer:
-        raise FileNotFoundError(f"{name_or_path} has no {TOKENIZER_FILE}")
+    def _without_tokenizer_json(cls, files: ModelFiles, config: dict[str, Any]) -> TextTokenizer:
+        raise FileNotFoundError(f"{files.name} has no {TOKENIZER_FILE}")
 
     def add_special_token(self, token: str) -> int:
         """Add ``token`` as a special token (e.g. BLIP-2's ``<image>``) unless it exists; return its id."""
@@ -205,10 +206,10 @@ class BlipTokenizer(TextTokenizer):
         return self._tokenizer.token_to_id("[ENC]")
 
     @classmethod
-    def _without_tokenizer_json(cls, name_or_path, config: dict[str, Any], hub_kwargs: dict) -> BlipTokenizer:
-        vocab_path = resolve_file(name_or_path, VOCAB_FILE, required=False, **hub_kwargs)
+    def _without_tokenizer_json(cls, files: ModelFiles, config: dict[str, Any]) -> BlipTokenizer:
+        vocab_path = files.get(VOCAB_FILE, required=False)
         if vocab_path is None:
-            raise FileNotFoundError(f"{name_or_path} has neither {TOKENIZER_FILE} nor {VOCAB_FILE}")
+            raise FileNotFoundError(f"{files.name} has neither {TOKENIZER_FILE} nor {VOCAB_FILE}")
         return cls.from_vocab(vocab_path, config)
 
     @classmethod
