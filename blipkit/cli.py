@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from blipkit.defaults import DEFAULT_MODELS
+from blipkit.tasks import TASKS
 
 PROGRESS_THRESHOLD = 4  # show a progress bar from this many images on
 # Inputs only a batch job reads (blipkit.jobs.sources), by what they are, and what each command's job does to them.
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "embed", help="image embeddings for a collection", description="ITC image embeddings, normalized (a job)."
     )
     embed.add_argument("images", nargs="+", metavar="INPUT", help="images, folders, globs, lists, tables or shards")
-    _model_options(embed, "image-text-matching")
+    _model_options(embed, "image-embedding")
     _job_options(embed, required=True)
 
     info = commands.add_parser(
@@ -88,7 +88,7 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_options(parser: argparse.ArgumentParser, task: str) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODELS[task], help="Hub id or directory (default: %(default)s)")
+    parser.add_argument("--model", default=TASKS[task].default_model, help="Hub id or directory (default: %(default)s)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights' dtype")
     parser.add_argument("--quantize", default=None, choices=["int8"], help="store linear layers' weights as int8")

@@ -1,4 +1,5 @@
-"""``blipkit.pipeline(task)``: captioning, VQA, image-text matching and zero-shot classification in one call."""
+"""``blipkit.pipeline(task)``: captioning, VQA, image-text matching and zero-shot classification in one call, for
+BLIP and BLIP-2 checkpoints alike (the task registry, ``blipkit.tasks``, picks the model for each)."""
 
 from __future__ import annotations
 
@@ -8,72 +9,84 @@ from typing import Any
 
 import torch
 
-from blipkit.defaults import DEFAULT_MODELS
-from blipkit.modeling.base import PreTrainedModel
-from blipkit.processing.processors import BlipProcessor
 from blipkit.processing.text import check_text, check_texts
+from blipkit.tasks import LoadedTask, get_task, load, task_hint
+
+__all__ = ["pipeline", "task_hint"]  # task_hint: checkpoint errors name the task a class runs
 
 
 class Pipeline:
-    """A loaded model and processor, and how one task turns inputs into results, in batches of ``batch_size``."""
+    """A loaded task and how its call arguments become batches of ``batch_size`` rows and results."""
 
-    model_class: str = ""
-    command: str | None = None  # the `blipkit` command that runs this task, if one does
-
-    def __init__(self, model: PreTrainedModel, processor: BlipProcessor, batch_size: int = 8) -> None:
+    def __init__(self, loaded: LoadedTask, batch_size: int = 8) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = model
-        self.processor = processor
+        self.loaded = loaded
+        self.model = loaded.model
+        self.processor = loaded.processor
         self.batch_size = batch_size
-
-    def _inputs(self, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Processor outputs on the model's device, pixel values in the model's dtype."""
-        batch = self.processor(**kwargs)
-        out = {k: v.to(self.model.device) for k, v in batch.items()}
-        if "pixel_values" in out:
-            out["pixel_values"] = out["pixel_values"].to(self.model.dtype)
-        return out
 
     def _batches(self, items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         for start in range(0, len(items), self.batch_size):
             yield items[start : start + self.batch_size]
 
-    def _decode(self, ids: torch.Tensor) -> list[str]:
-        return [text.strip() for text in self.processor.batch_decode(ids, skip_special_tokens=True)]
+    def _run(self, images: list[Any], texts: list[str] | None, **options: Any) -> list[Any]:
+        return self.loaded.run(self.loaded.pixel_values(images), texts, **options)
+
+    def _present(self, results: list[Any], texts: Sequence[str | None]) -> list[Any]:
+        return [self.loaded.task.present(result, text) for result, text in zip(results, texts, strict=True)]
 
 
 class ImageToTextPipeline(Pipeline):
-    """``pipe(image_or_images, prompt=None, **generate_kwargs)`` -> ``[{"generated_text": ...}]`` per image."""
+    """``pipe(image_or_images, prompt=None, **generate_kwargs)`` -> ``[{"generated_text": ...}]`` per image.
 
-    model_class = "BlipForConditionalGeneration"
-    command = "caption"
+    BLIP's caption continues the prompt (and includes it); BLIP-2's is what the language model wrote after it."""
 
     def __call__(self, images: Any, prompt: str | None = None, **generate_kwargs: Any) -> list:
         if prompt is not None:
             check_text(prompt, "prompt")
         items, single = _as_list(images)
         results = []
-        with torch.no_grad():
-            for chunk in self._batches(items):
-                if prompt is None:
-                    inputs = self._inputs(images=list(chunk))
-                else:
-                    inputs = self._inputs(images=list(chunk), text=[prompt] * len(chunk), padding=True)
-                ids = self.model.generate(**inputs, **generate_kwargs)
-                per_image = ids.shape[0] // len(chunk)  # num_return_sequences rows per image
-                texts = self._decode(ids)
-                for i in range(len(chunk)):
-                    results.append([{"generated_text": t} for t in texts[i * per_image : (i + 1) * per_image]])
+        for chunk in self._batches(items):
+            prompts = None if prompt is None else [prompt] * len(chunk)
+            results += self._present(self._run(list(chunk), prompts, **generate_kwargs), [prompt] * len(chunk))
         return results[0] if single else results
+
+
+class ImageTextToTextPipeline(Pipeline):
+    """``pipe(images=..., text=...)`` -> ``[{"input_text": text, "generated_text": ...}]`` per image, as the
+    reference's image-text-to-text pipeline: by default the text followed by what the model wrote after it
+    (``return_full_text=False``: only what it wrote)."""
+
+    def __call__(
+        self, images: Any, text: str | Sequence[str], return_full_text: bool = True, **generate_kwargs: Any
+    ) -> list:
+        items, single = _as_list(images)
+        texts = check_texts(text)
+        if isinstance(text, str):
+            texts *= len(items)
+        if len(texts) != len(items):
+            raise ValueError(f"got {len(items)} images but {len(texts)} texts")
+        results = []
+        for chunk in self._batches(list(zip(items, texts, strict=True))):
+            prompts = [c[1] for c in chunk]
+            generated = self._run([c[0] for c in chunk], prompts, **generate_kwargs)
+            for prompt, sequences in zip(prompts, generated, strict=True):
+                new = [_after_prompt(self._decoded(prompt), text) for text in sequences]
+                full = [prompt + text for text in new] if return_full_text else new
+                results.append([{"input_text": prompt, "generated_text": text} for text in full])
+        return results[0] if single else results
+
+    def _decoded(self, prompt: str) -> str:
+        """The prompt as the model's tokenizer reads it back (BLIP's lowercases it)."""
+        ids = self.processor.tokenizer(self.loaded.prompt_template.format(prompt))["input_ids"]
+        return self.processor.decode(ids, skip_special_tokens=True)
 
 
 class VisualQuestionAnsweringPipeline(Pipeline):
     """``pipe(image=..., question=...)`` -> ``[{"answer": ...}]``; a list of images (one question each, or the
-    same question for all) gives a list of those."""
-
-    model_class = "BlipForQuestionAnswering"
-    command = "ask"
+    same question for all) gives a list of those. BLIP-2 is asked ``Question: {question} Answer:`` (``pipeline(...,
+    prompt_template=...)`` to change it)."""
 
     def __call__(self, image: Any = None, question: str | Sequence[str] | None = None, **generate_kwargs: Any) -> list:
         if image is None or question is None:
@@ -85,14 +98,9 @@ class VisualQuestionAnsweringPipeline(Pipeline):
         if len(questions) != len(images):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions")
         results = []
-        with torch.no_grad():
-            for chunk in self._batches(list(zip(images, questions, strict=True))):
-                inputs = self._inputs(images=[c[0] for c in chunk], text=[c[1] for c in chunk], padding=True)
-                ids = self.model.generate(**inputs, **generate_kwargs)
-                per_image = ids.shape[0] // len(chunk)
-                answers = self._decode(ids)
-                for i in range(len(chunk)):
-                    results.append([{"answer": a} for a in answers[i * per_image : (i + 1) * per_image]])
+        for chunk in self._batches(list(zip(images, questions, strict=True))):
+            asked = [c[1] for c in chunk]
+            results += self._present(self._run([c[0] for c in chunk], asked, **generate_kwargs), asked)
         return results[0] if single else results
 
 
@@ -100,22 +108,12 @@ class ImageTextMatchingPipeline(Pipeline):
     """``pipe(image, texts)`` -> ``[{"text", "score", "similarity"}]``: ``score`` is the ITM head's probability
     that the text matches the image, ``similarity`` the ITC cosine similarity of their embeddings."""
 
-    model_class = "BlipForImageTextRetrieval"
-    command = "match"
-
     def __call__(self, image: Any, text: str | Sequence[str]) -> list:
         texts = check_texts(text)
         results = []
-        with torch.no_grad():
-            for chunk in self._batches(texts):
-                # One image for many texts: cross-attention shares its tokens across the texts, uncopied.
-                inputs = self._inputs(images=[image], text=list(chunk), padding=True)
-                match = self.model(**inputs).itm_score.float().softmax(-1)[:, 1]
-                cosine = self.model(**inputs, use_itm_head=False).itm_score[0].float()
-                results += [
-                    {"text": t, "score": float(p), "similarity": float(c)}
-                    for t, p, c in zip(chunk, match, cosine, strict=True)
-                ]
+        for chunk in self._batches(texts):
+            # One image for many texts: BLIP's cross-attention shares its tokens across the texts, uncopied.
+            results += self._present(self._run([image], list(chunk)), chunk)
         return results
 
 
@@ -126,8 +124,6 @@ class ZeroShotImageClassificationPipeline(Pipeline):
     filled with a label, divided by ``temperature`` (0.07, the BLIP/CLIP initial contrastive temperature; the
     reference's retrieval model keeps no learned temperature).
     """
-
-    model_class = "BlipForImageTextRetrieval"
 
     def __call__(
         self,
@@ -140,27 +136,10 @@ class ZeroShotImageClassificationPipeline(Pipeline):
         if "{}" not in check_text(hypothesis_template, "hypothesis_template"):
             raise ValueError(f"hypothesis_template must hold {{}} where each label goes, got {hypothesis_template!r}")
         texts = [hypothesis_template.format(label) for label in labels]
-        with torch.no_grad():
-            similarities = torch.cat(
-                [
-                    self.model(**self._inputs(images=[image], text=list(chunk), padding=True), use_itm_head=False)
-                    .itm_score[0]
-                    .float()
-                    for chunk in self._batches(texts)
-                ]
-            )
+        similarities = torch.tensor([s for chunk in self._batches(texts) for s in self._run([image], list(chunk))])
         probabilities = (similarities / temperature).softmax(-1)
         ranked = sorted(zip(labels, probabilities.tolist(), strict=True), key=lambda x: -x[1])
         return [{"label": label, "score": score} for label, score in ranked]
-
-
-TASKS: dict[str, type[Pipeline]] = {
-    "image-to-text": ImageToTextPipeline,
-    "visual-question-answering": VisualQuestionAnsweringPipeline,
-    "vqa": VisualQuestionAnsweringPipeline,
-    "image-text-matching": ImageTextMatchingPipeline,
-    "zero-shot-image-classification": ZeroShotImageClassificationPipeline,
-}
 
 
 def pipeline(
@@ -172,36 +151,23 @@ def pipeline(
     use_fast: bool = False,
     **load_kwargs: Any,
 ) -> Callable[..., list]:
-    """Load the model (default: the task's Salesforce checkpoint) and its processor for ``task``.
+    """Load the model (default: the task's Salesforce checkpoint) and its processor for ``task``; a BLIP or a BLIP-2
+    checkpoint, told apart by its config.json.
 
     ``load_kwargs`` go to ``from_pretrained`` (``revision``, ``cache_dir``, ``local_files_only``, and model options
-    such as ``use_enc_token``); ``use_fast`` picks the batched torch image processor.
+    such as ``use_enc_token``); ``use_fast`` picks the batched torch image processor; ``prompt_template`` says how
+    BLIP-2 is asked a question (default ``"Question: {} Answer:"``).
     """
-    import blipkit
-
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(sorted(TASKS))}")
-    task = "visual-question-answering" if task == "vqa" else task
-    if task == "visual-question-answering":
-        # Batched questions are padded; masking that padding keeps every answer what it would be on its own.
-        load_kwargs.setdefault("mask_question_padding", True)
-    source = model if model is not None else DEFAULT_MODELS[task]
-    pipeline_class = TASKS[task]
-    hub = {k: load_kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in load_kwargs}
-    loaded = getattr(blipkit, pipeline_class.model_class).from_pretrained(
-        source, dtype=dtype, device=device, **load_kwargs
-    )
-    processor = BlipProcessor.from_pretrained(source, use_fast=use_fast, **hub)
-    return pipeline_class(loaded, processor, batch_size=batch_size)
+    chosen = get_task(task)
+    loaded = load(chosen, model, device=device, dtype=dtype, use_fast=use_fast, **load_kwargs)
+    return globals()[chosen.pipeline](loaded, batch_size=batch_size)
 
 
-def task_hint(model_class: str) -> str:
-    """' (task, `blipkit command`)' for the first task whose pipeline runs ``model_class``; '' if none does."""
-    for task, pipeline_class in TASKS.items():
-        if pipeline_class.model_class == model_class:
-            command = f", `blipkit {pipeline_class.command}`" if pipeline_class.command else ""
-            return f" ({task}{command})"
-    return ""
+def _after_prompt(prompt: str, generated: str) -> str:
+    """``generated`` without a leading ``prompt``, found as the reference's pipeline finds it (within 2 characters
+    of the start); unchanged where the prompt is not there (T5 writes only the answer)."""
+    start = generated.find(prompt)
+    return generated[start + len(prompt) :] if 0 <= start <= 2 else generated
 
 
 def _as_list(images: Any) -> tuple[list[Any], bool]:

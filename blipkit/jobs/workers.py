@@ -1,7 +1,7 @@
 """What each job does to a batch: ``prepare`` (decode and preprocess, in a background thread) then ``infer``.
 
-A worker holds one model. The same worker runs in the local runner and inside each Ray actor, so both engines
-produce the same records.
+A worker holds one loaded task (``blipkit.tasks``: BLIP or BLIP-2, picked by the checkpoint). The same worker runs in
+the local runner and inside each Ray actor, so both engines produce the same records.
 """
 
 from __future__ import annotations
@@ -12,24 +12,10 @@ from typing import Any
 
 import torch
 
-from blipkit.defaults import DEFAULT_MODELS
 from blipkit.jobs.sources import Item
 from blipkit.modeling.base import check_dtype
 from blipkit.modeling.quantize import check_method
-
-TASK_MODELS = {
-    "caption": ("image-to-text", "BlipForConditionalGeneration"),
-    "ask": ("visual-question-answering", "BlipForQuestionAnswering"),
-    "match": ("image-text-matching", "BlipForImageTextRetrieval"),
-    "embed": ("image-text-matching", "BlipForImageTextRetrieval"),
-}
-# The columns of each task's records (CSV header order), after id, status and error.
-TASK_FIELDS = {
-    "caption": ("caption",),
-    "ask": ("question", "answer"),
-    "match": ("text", "itm", "itc"),
-    "embed": ("embedding",),
-}
+from blipkit.tasks import Task, load, task_for_command
 
 
 @dataclass(frozen=True)
@@ -47,8 +33,7 @@ class WorkerSpec:
     quantize: str | None = None
 
     def __post_init__(self) -> None:
-        if self.task not in TASK_MODELS:
-            raise ValueError(f"unknown job {self.task!r}; choose one of {', '.join(TASK_MODELS)}")
+        task_for_command(self.task)  # an unknown job is refused here, naming the jobs there are
         if self.task == "ask" and not self.question:
             raise ValueError("an ask job needs a question")
         # Checked here, before a job creates its output, rather than when the model loads.
@@ -58,13 +43,17 @@ class WorkerSpec:
             check_method(self.quantize)
 
     @property
+    def runs(self) -> Task:
+        return task_for_command(self.task)
+
+    @property
     def fields(self) -> tuple[str, ...]:
-        return ("id", "status", "error", *TASK_FIELDS[self.task])
+        return ("id", "status", "error", *self.runs.fields)
 
     def settings(self) -> dict[str, Any]:
         """What decides this job's results, so that a resume can tell whether an output's rows are this job's.
         Not the device, batch size or engine: moving a job to a GPU or to Ray keeps its rows."""
-        model = self.model or DEFAULT_MODELS[TASK_MODELS[self.task][0]]
+        model = self.model or self.runs.default_model
         return {
             "task": self.task,
             "model": os.path.abspath(model) if os.path.isdir(model) else model,
@@ -89,17 +78,10 @@ class Prepared:
 
 class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
-        import blipkit
-        from blipkit.processing.processors import BlipProcessor
-
         self.spec = spec
-        task, class_name = TASK_MODELS[spec.task]
-        source = spec.model or DEFAULT_MODELS[task]
-        options = {"mask_question_padding": True} if spec.task == "ask" else {}
-        self.model = getattr(blipkit, class_name).from_pretrained(
-            source, dtype=spec.dtype, device=spec.device, quantize=spec.quantize, **options
-        )
-        self.processor = BlipProcessor.from_pretrained(source)
+        self.loaded = load(spec.runs, spec.model, dtype=spec.dtype, device=spec.device, quantize=spec.quantize)
+        self.model = self.loaded.model
+        self.processor = self.loaded.processor
 
     def prepare(self, items: list[Item]) -> Prepared:
         """Decode and preprocess each image on its own, so one bad image fails alone, with its reason."""
@@ -127,49 +109,20 @@ class Worker:
         if not batch.items:
             return records
         pixels = batch.pixel_values.to(self.model.device, self.model.dtype)
-        with torch.no_grad():
-            results = getattr(self, f"_{self.spec.task}")(pixels, batch.texts)
-        for item, result in zip(batch.items, results, strict=True):
-            records.append({"id": item.id, "status": "ok", "error": None, **result})
+        texts = batch.texts if any(text is not None for text in batch.texts) else None
+        results = self.loaded.run(pixels, texts, **self.spec.generate_kwargs)
+        task = self.spec.runs
+        for item, text, result in zip(batch.items, batch.texts, results, strict=True):
+            records.append({"id": item.id, "status": "ok", "error": None, **task.record(result, text)})
         return records
 
     def process(self, items: list[Item]) -> list[dict[str, Any]]:
         return self.infer(self.prepare(items))
 
-    # ----------------------------------------------------------------------------------------------- tasks
-    def _caption(self, pixels: torch.Tensor, texts: list[str]) -> list[dict[str, Any]]:
-        prompt = None
-        if self.spec.prompt:
-            prompt = self._tokens([self.spec.prompt] * len(pixels))
-        ids = self.model.generate(pixels, **(prompt or {}), **self.spec.generate_kwargs)
-        return [{"caption": c} for c in self._decode(ids)]
-
-    def _ask(self, pixels: torch.Tensor, texts: list[str]) -> list[dict[str, Any]]:
-        question = self._tokens([self.spec.question] * len(pixels))
-        ids = self.model.generate(pixel_values=pixels, **question, **self.spec.generate_kwargs)
-        return [{"question": self.spec.question, "answer": a} for a in self._decode(ids)]
-
-    def _match(self, pixels: torch.Tensor, texts: list[str]) -> list[dict[str, Any]]:
-        tokens = self._tokens(texts)
-        itm = self.model(pixel_values=pixels, **tokens).itm_score.float().softmax(-1)[:, 1]
-        itc = self.model(pixel_values=pixels, **tokens, use_itm_head=False).itm_score.float().diagonal()
-        return [{"text": t, "itm": float(m), "itc": float(c)} for t, m, c in zip(texts, itm, itc, strict=True)]
-
-    def _embed(self, pixels: torch.Tensor, texts: list[str]) -> list[dict[str, Any]]:
-        image = self.model.vision_model(pixels).last_hidden_state[:, 0]
-        embeddings = torch.nn.functional.normalize(self.model.vision_proj(image).float(), dim=-1)
-        return [{"embedding": e.tolist()} for e in embeddings]
-
-    # ----------------------------------------------------------------------------------------------- helpers
     def _text(self, item: Item) -> str | None:
-        return self.spec.text or item.text
-
-    def _tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        tokens = self.processor.tokenizer(texts, padding=True, return_tensors="pt")
-        return {k: v.to(self.model.device) for k, v in tokens.items()}
-
-    def _decode(self, ids: torch.Tensor) -> list[str]:
-        return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
+        """The text an image is run with: the caption prompt (or none), the question, the text to match, or none."""
+        fixed = {"caption": self.spec.prompt, "ask": self.spec.question, "embed": None}
+        return fixed.get(self.spec.task, self.spec.text or item.text)
 
     @staticmethod
     def _failure(item: Item, reason: str) -> dict[str, Any]:

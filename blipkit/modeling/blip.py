@@ -96,13 +96,23 @@ class _MultimodalEncoderMixin:
     ):
         """Vision outputs, and the text's tokens after cross-attending to the image (the multimodal encoder)."""
         vision, image_embeds, image_mask = self._image_tokens(pixel_values, interpolate_pos_encoding)
+        return vision, self._encode_with_image(input_ids, attention_mask, image_embeds, image_mask)
+
+    def _encode_with_image(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        image_embeds: torch.Tensor,
+        image_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """The text's tokens after cross-attending to image tokens already computed: (batch, tokens, hidden)."""
         question = self.text_encoder(
             input_ids=self._encoder_ids(input_ids),
             attention_mask=attention_mask,
             encoder_hidden_states=image_embeds,
             encoder_attention_mask=image_mask,
         )
-        return vision, question.last_hidden_state
+        return question.last_hidden_state
 
 
 class BlipModel(BlipPreTrainedModel):
@@ -358,13 +368,48 @@ class BlipForImageTextRetrieval(_MultimodalEncoderMixin, BlipPreTrainedModel):
             score = self.itm_head(question[:, 0])
         else:
             vision = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-            # Unimodal text encoding: [CLS] in the original BLIP as well, so no [ENC] swap here.
-            question = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            image_feat = F.normalize(self.vision_proj(vision.last_hidden_state[:, 0]), dim=-1)
-            text_feat = F.normalize(self.text_proj(question[:, 0]), dim=-1)
-            score = image_feat @ text_feat.t()
+            question = self._encode_text_alone(input_ids, attention_mask)
+            score = self._image_embedding(vision.last_hidden_state) @ self._text_embedding(question).t()
         return BlipImageTextMatchingModelOutput(
             itm_score=score,
             last_hidden_state=vision.last_hidden_state,
             question_embeds=question,
         )
+
+    def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """The normalized ITC image embedding: (batch, image_text_hidden_size). The reference's retrieval model has
+        no such method (BlipModel's returns its unnormalized projection in ``pooler_output``)."""
+        vision = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        return self._image_embedding(vision.last_hidden_state)
+
+    def image_text_similarity(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ITC cosine similarity of every image with every text: (images, texts), as ``forward(use_itm_head=False)``."""
+        return self(input_ids, pixel_values, use_itm_head=False, attention_mask=attention_mask).itm_score
+
+    def image_text_scores(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each image-text pair (a single image pairs with every text): the ITM head's probability that the text
+        matches and the ITC cosine similarity, both (texts,), from one pass of the ViT."""
+        _, image_embeds, image_mask = self._image_tokens(pixel_values, interpolate_pos_encoding)
+        question = self._encode_with_image(input_ids, attention_mask, image_embeds, image_mask)
+        match = self.itm_head(question[:, 0]).float().softmax(-1)[:, 1]
+        text = self._text_embedding(self._encode_text_alone(input_ids, attention_mask))
+        similarity = (self._image_embedding(image_embeds) * text).sum(-1)
+        return match, similarity.float()
+
+    def _encode_text_alone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        # Unimodal text encoding: [CLS] in the original BLIP as well, so no [ENC] swap here.
+        return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def _image_embedding(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.vision_proj(image_tokens[:, 0]), dim=-1)
+
+    def _text_embedding(self, text_tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(text_tokens[:, 0]), dim=-1)

@@ -154,30 +154,12 @@ class Blip2ForImageTextRetrieval(_QueryReader):
     ) -> Blip2ImageTextMatchingModelOutput:
         vision = self.vision_model(pixel_values)
         image = vision.last_hidden_state
-        n = self.config.num_query_tokens
         if use_image_text_matching_head:
-            queries = self.query_tokens.expand(image.shape[0], -1, -1)
-            if self.config.image_token_index is not None:
-                input_ids = input_ids[:, n:]
-            elif attention_mask is not None:  # the queries are always attended to
-                attention_mask = torch.cat([attention_mask.new_ones(queries.shape[:2]), attention_mask], dim=1)
-            ones = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
-            text = self.qformer(
-                self.embeddings(input_ids, queries),
-                query_length=n,
-                attention_mask=attention_mask,
-                encoder_hidden_states=image,
-                encoder_attention_mask=ones,
-            )
-            logits_per_image = self.itm_head(text.last_hidden_state[:, :n]).mean(dim=1)
+            logits_per_image, text = self._match_logits(image, input_ids, attention_mask)
             text_embeds, image_embeds = text.last_hidden_state, None
         else:
-            image_embeds = nn.functional.normalize(
-                self.vision_projection(self._read_image(image).last_hidden_state), dim=-1
-            )
-            input_ids, attention_mask = self._text_ids(input_ids, attention_mask)
-            text = self.qformer(self.embeddings(input_ids), query_length=0, attention_mask=attention_mask)
-            text_embeds = nn.functional.normalize(self.text_projection(text.last_hidden_state[:, 0]), dim=-1)
+            image_embeds = self._image_embeddings(image)
+            text_embeds, text = self._text_embedding(input_ids, attention_mask)
             # (images, queries, texts) -> the best-matching query for each image-text pair
             logits_per_image = (image_embeds @ text_embeds.t()).max(dim=1).values
         return Blip2ImageTextMatchingModelOutput(
@@ -188,6 +170,58 @@ class Blip2ForImageTextRetrieval(_QueryReader):
             text_model_output=text,
             vision_model_output=vision,
         )
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The normalized image embeddings of every query: (batch, num_query_tokens, image_text_hidden_size), the
+        ``image_embeds`` of ``forward``. The reference's retrieval model has no such method."""
+        return self._image_embeddings(self.vision_model(pixel_values).last_hidden_state)
+
+    def image_text_similarity(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The best query's cosine with each text, for every image and text: (images, texts), as ``forward``."""
+        return self(pixel_values, input_ids, attention_mask).logits_per_image
+
+    def image_text_scores(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each image-text pair (a single image pairs with every text): the ITM probability that the text
+        matches and the best query's cosine with it, both (texts,), from one pass of the ViT."""
+        image = self.vision_model(pixel_values).last_hidden_state
+        text_embeds, _ = self._text_embedding(input_ids, attention_mask)
+        # (images, queries, dim) x (texts, dim) -> (texts, queries): each text against its own image's queries
+        similarity = (self._image_embeddings(image) * text_embeds[:, None]).sum(-1).max(dim=1).values
+        image = image.expand(input_ids.shape[0], -1, -1)  # the ITM queries cross-attend to their pair's image
+        logits, _ = self._match_logits(image, input_ids, attention_mask)
+        return logits.float().softmax(-1)[:, 1], similarity.float()
+
+    def _match_logits(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """ITM logits averaged over the queries, (batch, 2), and the Q-Former's output for queries and text."""
+        n = self.config.num_query_tokens
+        queries = self.query_tokens.expand(image.shape[0], -1, -1)
+        if self.config.image_token_index is not None:
+            input_ids = input_ids[:, n:]
+        elif attention_mask is not None:  # the queries are always attended to
+            attention_mask = torch.cat([attention_mask.new_ones(queries.shape[:2]), attention_mask], dim=1)
+        ones = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
+        text = self.qformer(
+            self.embeddings(input_ids, queries),
+            query_length=n,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image,
+            encoder_attention_mask=ones,
+        )
+        return self.itm_head(text.last_hidden_state[:, :n]).mean(dim=1), text
+
+    def _image_embeddings(self, image: torch.Tensor) -> torch.Tensor:
+        """Normalized query embeddings in the image-text space: (batch, queries, dim)."""
+        return nn.functional.normalize(self.vision_projection(self._read_image(image).last_hidden_state), dim=-1)
+
+    def _text_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """The normalized embedding of each text's first token, (texts, dim), and the Q-Former's text output."""
+        input_ids, attention_mask = self._text_ids(input_ids, attention_mask)
+        text = self.qformer(self.embeddings(input_ids), query_length=0, attention_mask=attention_mask)
+        return nn.functional.normalize(self.text_projection(text.last_hidden_state[:, 0]), dim=-1), text
 
 
 class _Blip2WithLanguageModel(_QueryReader):
