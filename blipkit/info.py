@@ -66,7 +66,8 @@ _DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "I64": "int64
 
 def speed_choices() -> dict[str, str]:
     """The form each kind of product and attention takes here, as decided from this CPU's class: asked of the same
-    predicates the layers call, so what this prints is what runs."""
+    functions the layers call (``linear.choose_form``, ``layers.eager_attention_is_faster``), so what this prints
+    is what runs."""
     import torch
 
     from blipkit.modeling import cpu, layers, linear
@@ -76,19 +77,41 @@ def speed_choices() -> dict[str, str]:
     bf16 = torch.empty(1, 1, 1, 1, dtype=torch.bfloat16)
     slow = linear.computes_low_precision_slowly(bf16)
     eager = layers.eager_attention_is_faster(bf16.expand(1, 1, layers.EAGER_MAX_QUERIES, 1))
-    return {
+    many = linear.TRANSPOSED_MAX_ROWS + 1
+    choices = {
         "cpu class": f"{linear.CPU_CLASS} (forced by {cpu.ENVIRONMENT_VARIABLE}; detected {detected})"
         if forced
         else f"{linear.CPU_CLASS} (detected)",
         "torch": f"{torch.__version__}, {torch.get_num_threads()} threads, kernels for "
         f"{torch.backends.cpu.get_cpu_capability()}",
-        f"bf16 products, {linear.UPCAST_MIN_ROWS}+ rows": "float32, from bf16 weight slices" if slow else "bf16",
-        f"bf16 products, 1-{linear.UPCAST_MIN_ROWS - 1} rows": "bf16",
-        f"float32 products, 2-{linear.TRANSPOSED_MAX_ROWS} rows": "W @ x.T",
-        f"bf16 attention, up to {layers.EAGER_MAX_QUERIES} queries": "matmul-softmax-matmul" if eager else "SDPA",
-        "other attention": "SDPA",
-        "image keys/values a bf16 decoder reads": "float32" if slow else "bf16",
-        "bf16 patch convolution": "float32" if slow else "bf16",
-        f"int8 products, up to {linear.INT8_KERNEL_MAX_ROWS} rows": "int8-weight kernel, bf16 activations",
-        "int8 products, more rows (bf16 models)": "float32 slices" if slow else "bf16 slices",
     }
+    for name, dtype in (("bf16", torch.bfloat16), ("float32", torch.float32)):
+        for rows in (1, linear.UPCAST_MIN_ROWS, many):
+            choices[f"{name} products, {rows} row{'s' if rows > 1 else ''}"] = _product_form(dtype, dtype, rows)
+    for rows in (linear.INT8_KERNEL_MAX_ROWS, many):
+        choices[f"int8 products in a bf16 model, {rows} rows"] = _product_form(torch.bfloat16, torch.int8, rows)
+    choices[f"bf16 attention, up to {layers.EAGER_MAX_QUERIES} queries"] = "matmul-softmax-matmul" if eager else "SDPA"
+    choices["other attention"] = "SDPA"
+    choices["image keys/values a bf16 decoder reads"] = "float32" if slow else "bf16"
+    choices["bf16 patch convolution"] = "float32" if slow else "bf16"
+    return choices
+
+
+def _product_form(dtype, weight_dtype, rows: int) -> str:
+    """In words, the form ``linear`` takes for ``rows`` rows of ``dtype`` against a ``weight_dtype`` weight."""
+    import torch
+
+    from blipkit.modeling.linear import choose_form
+
+    x = torch.zeros(rows, 64, dtype=dtype)
+    weight = torch.zeros(64, 64, dtype=weight_dtype)
+    scale = torch.ones(64) if weight_dtype == torch.int8 else None
+    with torch.no_grad():
+        form = choose_form(x, weight, scale=scale)
+    compute = f" in {str(form.compute).removeprefix('torch.')}" if form.compute is not None else ""
+    return {
+        "plain": "x @ W.T",
+        "transposed": f"W @ x.T{compute}",
+        "sliced": f"x @ W.T{compute}, from weight slices",
+        "int8-kernel": "int8-weight kernel, bf16 activations",
+    }.get(form.kind, form.kind)

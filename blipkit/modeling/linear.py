@@ -16,6 +16,7 @@ Two measured effects on a 2-core AVX2 machine (numbers in the README's Performan
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,44 @@ def computes_low_precision_slowly(t: torch.Tensor) -> bool:
     return t.dtype in (torch.bfloat16, torch.float16) and t.device.type == "cpu" and _SLOW_LOW_PRECISION
 
 
+@dataclass(frozen=True)
+class Form:
+    """How one product is computed: ``kind`` names the function in ``FORMS``; ``compute`` is the dtype its
+    products run in where that is not the weight's (float32 upcasts, bf16 slices of int8 weights)."""
+
+    kind: str
+    compute: torch.dtype | None = None
+
+
+def choose_form(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> Form:
+    """The fastest form of ``x @ weight.T`` for this many rows, these dtypes, this device and CPU class (the
+    measurements behind each threshold: the module docstring)."""
+    rows = _rows(x)
+    if scale is None:
+        upcast = computes_low_precision_slowly(weight) and rows >= UPCAST_MIN_ROWS
+    else:  # int8 weights: in float32, or in bf16/fp16 where this CPU computes them natively
+        upcast = x.dtype == torch.float32 or computes_low_precision_slowly(x)
+    tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if tracked and (upcast or scale is not None or out is not None):  # autograd cannot record out= and buffers
+        return Form("differentiable")
+    if scale is not None and weight.device.type != "cpu":
+        return Form("dequantized")
+    if scale is not None and rows <= INT8_KERNEL_MAX_ROWS and x.shape[-1] % INT8_KERNEL_ALIGNMENT == 0:
+        return Form("int8-kernel")
+    few_rows = 1 < rows <= TRANSPOSED_MAX_ROWS and weight.device.type == "cpu"
+    if few_rows and (upcast or weight.dtype == torch.float32):
+        return Form("transposed", torch.float32 if upcast else None)
+    if upcast or scale is not None:
+        return Form("sliced", torch.float32 if upcast else x.dtype)
+    return Form("plain")
+
+
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -57,31 +96,94 @@ def linear(
     (``blipkit.modeling.layers.Workspace``). ``out`` may be float32 for a bf16 ``x``: products computed in float32
     then skip the rounding to bf16.
     """
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    shape = (*x.shape[:-1], weight.shape[0])
-    upcast = computes_low_precision_slowly(weight) and rows >= UPCAST_MIN_ROWS
-    if scale is not None:  # int8 weights: in float32, or in bf16/fp16 where this CPU computes them natively
-        upcast = x.dtype == torch.float32 or computes_low_precision_slowly(x)
-    tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if tracked and (upcast or scale is not None or out is not None):  # autograd cannot record out= and buffers
-        return _differentiable_linear(x, weight, bias, scale, out, rows >= UPCAST_MIN_ROWS)
-    if weight.device.type != "cpu" and scale is not None:
-        return _written(F.linear(x, weight.to(x.dtype) * scale[:, None].to(x.dtype), bias), out, shape, x.dtype)
-    if scale is not None and rows <= INT8_KERNEL_MAX_ROWS and x.shape[-1] % INT8_KERNEL_ALIGNMENT == 0:
-        return _written(_few_rows_int8_linear(x, weight, bias, scale), out, shape, x.dtype)
-    few_rows = 1 < rows <= TRANSPOSED_MAX_ROWS and weight.device.type == "cpu"
-    if few_rows and (upcast or weight.dtype == torch.float32):
-        product = _transposed_linear(x.reshape(rows, -1), weight, bias, scale, upcast).t()
-        return _written(product, out, shape, x.dtype)
-    if upcast or scale is not None:
-        out = out if out is not None else torch.empty(shape, dtype=x.dtype)
-        compute = torch.float32 if upcast else x.dtype
-        _sliced_linear(x.reshape(rows, -1), weight, bias, scale, out.view(rows, -1), compute)
-        return out
+    form = choose_form(x, weight, bias, scale, out)
+    return FORMS[form.kind](x, weight, bias, scale, out, form.compute)
+
+
+def _rows(x: torch.Tensor) -> int:
+    return x.numel() // x.shape[-1] if x.shape[-1] else 0
+
+
+def _shape(x: torch.Tensor, weight: torch.Tensor) -> tuple[int, ...]:
+    return (*x.shape[:-1], weight.shape[0])
+
+
+def _differentiable(x, weight, bias, scale, out, compute) -> torch.Tensor:
+    """The product for autograd, which cannot record the ``out=`` kernels and reused buffers of the other forms:
+    in float32 from float32 copies (kept for the backward pass) where the low precision is slow."""
+    if scale is not None:
+        weight = weight.to(x.dtype) * scale[:, None].to(x.dtype)
+    if _rows(x) >= UPCAST_MIN_ROWS and computes_low_precision_slowly(x):
+        product = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    else:
+        product = F.linear(x, weight, bias)
+    return _written(product, out, product.shape, x.dtype)
+
+
+def _dequantized(x, weight, bias, scale, out, compute) -> torch.Tensor:
+    """int8 weights off the CPU: multiplied out to ``x``'s dtype (GPUs have no int8-weight kernel here)."""
+    product = F.linear(x, weight.to(x.dtype) * scale[:, None].to(x.dtype), bias)
+    return _written(product, out, _shape(x, weight), x.dtype)
+
+
+def _int8_kernel(x, weight, bias, scale, out, compute) -> torch.Tensor:
+    """A decode step's product with int8 weights: PyTorch's int8-weight kernel reads them as they are."""
+    activations = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+    rows = x.reshape(-1, x.shape[-1]).to(activations)
+    product = torch.ops.aten._weight_int8pack_mm(rows, weight, scale.to(activations)).to(x.dtype)
+    product = product if bias is None else product.add_(bias)
+    return _written(product, out, _shape(x, weight), x.dtype)
+
+
+def _transposed(x, weight, bias, scale, out, compute) -> torch.Tensor:
+    """``weight @ rows.T (* scale) + bias``: for few rows the BLAS is faster asked this way round; with a
+    ``compute`` of float32, from float32 copies of the weight a slice of output features at a time."""
+    rows = x.reshape(_rows(x), -1)
+    if compute is None:
+        product = torch.mm(weight, rows.t()) if bias is None else torch.addmm(bias[:, None], weight, rows.t())
+        return _written(product.t(), out, _shape(x, weight), x.dtype)
+    rows = rows.float()
+    product = torch.empty(weight.shape[0], rows.shape[0])
+    step = max(1, UPCAST_BUFFER_ELEMENTS // weight.shape[1])
+    for start in range(0, weight.shape[0], step):
+        torch.mm(_weight_copy(weight[start : start + step]), rows.t(), out=product[start : start + step])
+    if scale is not None:
+        product.mul_(scale[:, None])
+    if bias is not None:
+        product.add_(bias[:, None])
+    return _written(product.t(), out, _shape(x, weight), x.dtype)
+
+
+def _sliced(x, weight, bias, scale, out, compute) -> torch.Tensor:
+    """``out = rows @ weight.T (* scale) + bias`` in the ``compute`` dtype (float32 for bf16 weights on CPUs slow at
+    bf16; bf16 for int8 weights on CPUs fast at it - int8 values are exact in bf16): a slice of output features'
+    weights at a time is copied to ``compute``, and multiplied with a chunk of rows at a time into a reused tile
+    that is then written into ``out``. No copy of the whole output is made (for a ViT's MLP on 8 images, 56 MB a
+    layer); chunks of rows, unlike slices of output features, keep the products as fast as one whole product."""
+    out = out if out is not None else torch.empty(_shape(x, weight), dtype=x.dtype)
+    rows, flat_out = x.reshape(_rows(x), -1).to(compute), out.view(_rows(x), -1)
+    step = max(1, UPCAST_BUFFER_ELEMENTS // max(1, weight.shape[1]))
+    for start in range(0, weight.shape[0], step):
+        stop = min(start + step, weight.shape[0])
+        weight_slice = _weight_copy(weight[start:stop], compute)
+        chunk = max(1, UPCAST_BUFFER_ELEMENTS // (stop - start))
+        for first in range(0, rows.shape[0], chunk):
+            last = min(first + chunk, rows.shape[0])
+            tile = _scratch_tensor("tile", (last - first) * (stop - start), compute).view(last - first, stop - start)
+            torch.mm(rows[first:last], weight_slice.t(), out=tile)
+            if scale is not None:
+                tile.mul_(scale[start:stop])
+            if bias is not None:
+                tile.add_(bias[start:stop])
+            flat_out[first:last, start:stop] = tile
+    return out
+
+
+def _plain(x, weight, bias, scale, out, compute) -> torch.Tensor:
+    """``F.linear``; into ``out`` with what F.linear runs for a contiguous input (the same kernel, the same bits)."""
     if out is None or out.dtype != x.dtype:
-        return _written(F.linear(x, weight, bias), out, shape, x.dtype)
-    # What F.linear runs for a contiguous input (the same kernel, so the same bits), written into ``out``.
-    flat_x, flat_out = x.reshape(rows, -1), out.view(rows, -1)
+        return _written(F.linear(x, weight, bias), out, _shape(x, weight), x.dtype)
+    flat_x, flat_out = x.reshape(_rows(x), -1), out.view(_rows(x), -1)
     if bias is None:
         torch.mm(flat_x, weight.t(), out=flat_out)
     else:
@@ -89,23 +191,14 @@ def linear(
     return out
 
 
-def _differentiable_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    scale: torch.Tensor | None,
-    out: torch.Tensor | None,
-    many_rows: bool,
-) -> torch.Tensor:
-    """The product for autograd, which cannot record the ``out=`` kernels and reused buffers of the other forms:
-    in float32 from float32 copies (kept for the backward pass) where the low precision is slow."""
-    if scale is not None:
-        weight = weight.to(x.dtype) * scale[:, None].to(x.dtype)
-    if many_rows and computes_low_precision_slowly(x):
-        product = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
-    else:
-        product = F.linear(x, weight, bias)
-    return _written(product, out, product.shape, x.dtype)
+FORMS = {
+    "differentiable": _differentiable,
+    "dequantized": _dequantized,
+    "int8-kernel": _int8_kernel,
+    "transposed": _transposed,
+    "sliced": _sliced,
+    "plain": _plain,
+}
 
 
 def _written(
@@ -132,65 +225,6 @@ def _scratch_tensor(name: str, numel: int, dtype: torch.dtype = torch.float32) -
 
 def _weight_copy(weight: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return _scratch_tensor("weight", weight.numel(), dtype).view(weight.shape).copy_(weight)
-
-
-def _sliced_linear(
-    rows: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    scale: torch.Tensor | None,
-    out: torch.Tensor,
-    compute: torch.dtype,
-) -> None:
-    """``out = rows @ weight.T (* scale) + bias`` in the ``compute`` dtype (float32 for bf16 weights on CPUs slow at
-    bf16; bf16 for int8 weights on CPUs fast at it - int8 values are exact in bf16): a slice of output features'
-    weights at a time is copied to ``compute``, and multiplied with a chunk of rows at a time into a reused tile
-    that is then written into ``out``. No copy of the whole output is made (for a ViT's MLP on 8 images, 56 MB a
-    layer); chunks of rows, unlike slices of output features, keep the products as fast as one whole product."""
-    rows = rows.to(compute)
-    step = max(1, UPCAST_BUFFER_ELEMENTS // max(1, weight.shape[1]))
-    for start in range(0, weight.shape[0], step):
-        stop = min(start + step, weight.shape[0])
-        weight_slice = _weight_copy(weight[start:stop], compute)
-        chunk = max(1, UPCAST_BUFFER_ELEMENTS // (stop - start))
-        for first in range(0, rows.shape[0], chunk):
-            last = min(first + chunk, rows.shape[0])
-            tile = _scratch_tensor("tile", (last - first) * (stop - start), compute).view(last - first, stop - start)
-            torch.mm(rows[first:last], weight_slice.t(), out=tile)
-            if scale is not None:
-                tile.mul_(scale[start:stop])
-            if bias is not None:
-                tile.add_(bias[start:stop])
-            out[first:last, start:stop] = tile
-
-
-def _transposed_linear(
-    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None, upcast: bool
-) -> torch.Tensor:
-    """``weight @ rows.T (* scale) + bias``; with ``upcast``, in float32, a slice of output features at a time."""
-    if not upcast:
-        return torch.mm(weight, rows.t()) if bias is None else torch.addmm(bias[:, None], weight, rows.t())
-    rows = rows.float()
-    out = torch.empty(weight.shape[0], rows.shape[0])
-    step = max(1, UPCAST_BUFFER_ELEMENTS // weight.shape[1])
-    for start in range(0, weight.shape[0], step):
-        torch.mm(_weight_copy(weight[start : start + step]), rows.t(), out=out[start : start + step])
-    if scale is not None:
-        out.mul_(scale[:, None])
-    if bias is not None:
-        out.add_(bias[:, None])
-    return out
-
-
-def _few_rows_int8_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor
-) -> torch.Tensor:
-    """A decode step's product with int8 weights: PyTorch's int8-weight kernel reads them as they are."""
-    compute = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-    rows = x.reshape(-1, x.shape[-1]).to(compute)
-    out = torch.ops.aten._weight_int8pack_mm(rows, weight, scale.to(compute)).to(x.dtype)
-    out = out if bias is None else out.add_(bias)
-    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 class Linear(nn.Linear):

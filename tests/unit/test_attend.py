@@ -101,10 +101,13 @@ def test_an_unknown_cpu_class_is_refused():
 @pytest.mark.parametrize(
     "cpu_class, expected",
     [
-        ("avx2", {"bf16 products, 8+ rows": "float32, from bf16 weight slices", "bf16 attention, up to 16 queries":
-                  "SDPA", "int8 products, more rows (bf16 models)": "float32 slices"}),
-        ("avx512_bf16", {"bf16 products, 8+ rows": "bf16", "bf16 attention, up to 16 queries":
-                         "matmul-softmax-matmul", "int8 products, more rows (bf16 models)": "bf16 slices"}),
+        ("avx2", {"bf16 products, 8 rows": "W @ x.T in float32",
+                  "bf16 products, 129 rows": "x @ W.T in float32, from weight slices",
+                  "bf16 attention, up to 16 queries": "SDPA",
+                  "int8 products in a bf16 model, 129 rows": "x @ W.T in float32, from weight slices"}),
+        ("avx512_bf16", {"bf16 products, 8 rows": "x @ W.T", "bf16 products, 129 rows": "x @ W.T",
+                         "bf16 attention, up to 16 queries": "matmul-softmax-matmul",
+                         "int8 products in a bf16 model, 129 rows": "x @ W.T in bfloat16, from weight slices"}),
     ],
 )  # fmt: skip
 def test_info_speed_prints_the_forms_this_cpu_class_takes(cpu_class, expected):
