@@ -79,11 +79,17 @@ def generate_texts(loaded: LoadedTask, pixel_values: torch.Tensor, texts: list[s
     if texts is not None:
         prompts = loaded.tokens([loaded.prompt_template.format(text) for text in texts])
     ids = loaded.model.generate(pixel_values=pixel_values, **prompts, **options)
-    if prompts and getattr(loaded.model.config, "use_decoder_only_language_model", False):
+    if prompts and _continues_prompt(loaded.model):
         ids = ids[:, prompts["input_ids"].shape[1] :]
     decoded = loaded.processor.batch_decode(ids, skip_special_tokens=True)
     per_image = len(decoded) // len(pixel_values)
     return [decoded[i * per_image : (i + 1) * per_image] for i in range(len(pixel_values))]
+
+
+def _continues_prompt(model: Any) -> bool:
+    """A BLIP-2 whose language model continues the prompt (OPT), rather than encoding it (T5). (A BLIP-2 retrieval
+    model's config names OPT too, by default, but it has no language model.)"""
+    return hasattr(model, "language_model") and model.config.use_decoder_only_language_model
 
 
 def score_pairs(loaded: LoadedTask, pixel_values: torch.Tensor, texts: list[str] | None, options: dict) -> list:
@@ -243,7 +249,7 @@ def load(
     options = {**task.load_options.get(model_type, {}), **load_kwargs}
     loaded = model_class.from_pretrained(source, dtype=dtype, device=device, **options)
     processor = getattr(blipkit, PROCESSORS[model_type]).from_pretrained(source, use_fast=use_fast, **hub)
-    if getattr(loaded.config, "use_decoder_only_language_model", False):
+    if _continues_prompt(loaded):
         # OPT continues from its prompt's last position, so a batch's shorter prompts are padded before the text,
         # whatever side the tokenizer pads on (the reference pads as the tokenizer says: blip2-opt's pad right).
         processor.tokenizer.padding_side = "left"

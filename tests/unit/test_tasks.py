@@ -1,0 +1,161 @@
+"""The task registry: BLIP-2 checkpoints (OPT, Flan-T5, ITM) through pipeline, CLI, jobs and Ray give the
+reference's ids; the registry picks the model class from config.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import blipkit
+from blipkit import jobs
+from blipkit.tasks import TASKS, checkpoint_model_type, task_for_command
+from tests.conftest import IMAGES
+
+BLIPKIT = Path(sys.executable).parent / "blipkit"
+QUESTIONS = ["how many cats are on the sofa?", "what", "is this a photo of an astronaut?", "color?"]
+
+
+@pytest.fixture(scope="module")
+def blip2_dirs(tmp_path_factory):
+    """Tiny BLIP-2s saved with their processors: OPT (BPE, left padding), Flan-T5 (unigram) and an ITM model."""
+    import transformers
+
+    from tests.bpe import save_bpe_tokenizer
+    from tests.parity.test_blip2 import QUERIES, reference_blip2
+    from tests.parity.test_blip2_parts import QFORMER, VISION
+    from tests.parity.test_t5 import FLAN, TINY_T5
+    from tests.reference import perturb_
+    from tests.unigram import save_unigram_tokenizer
+
+    root = tmp_path_factory.mktemp("blip2")
+
+    def processor(tokenizer_dir, num_query_tokens):
+        image_processor = transformers.BlipImageProcessorPil(size={"height": 28, "width": 28})
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+        return transformers.Blip2Processor(image_processor, tokenizer, num_query_tokens=num_query_tokens)
+
+    def save(class_name, directory, processor, **config):
+        config = transformers.Blip2Config(vision_config=VISION, num_query_tokens=QUERIES, **config)
+        torch.manual_seed(0)
+        perturb_(getattr(transformers, class_name)(config)).save_pretrained(directory)
+        processor.save_pretrained(directory)
+
+    t5 = processor(save_unigram_tokenizer(root / "unigram"), QUERIES)
+    image_token = t5.tokenizer.convert_tokens_to_ids("<image>")
+    t5_text = {**TINY_T5, **FLAN, "vocab_size": image_token + 1}
+    save("Blip2ForConditionalGeneration", root / "t5", t5, qformer_config=QFORMER, text_config=t5_text,
+         image_token_index=image_token)  # fmt: skip
+    opt = processor(save_bpe_tokenizer(root / "bpe", padding_side="right"), QUERIES)
+    image_token = opt.tokenizer.convert_tokens_to_ids("<image>")
+    reference_blip2(root / "opt", image_token=image_token, vocab_size=image_token + 1)
+    opt.save_pretrained(root / "opt")
+    itm = processor(root / "bpe", None)
+    save("Blip2ForImageTextRetrieval", root / "itm", itm,
+         qformer_config={**QFORMER, "vocab_size": 400, "use_qformer_text_input": True})  # fmt: skip
+    return {name: root / name for name in ("opt", "t5", "itm")}
+
+
+def reference_answers(directory: Path, prompts: list[str], **generate_kwargs) -> list[str]:
+    """The reference model's generate on the reference processor's inputs (OPT left-padded), new text only."""
+    import transformers
+
+    processor = transformers.Blip2Processor.from_pretrained(directory)
+    processor.tokenizer.padding_side = "left"
+    model = transformers.Blip2ForConditionalGeneration.from_pretrained(directory).eval()
+    inputs = processor(images=[str(p) for p in IMAGES[: len(prompts)]], text=prompts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**inputs, **generate_kwargs)
+    if model.config.use_decoder_only_language_model:
+        ids = ids[:, inputs["input_ids"].shape[1] :]
+    return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+
+
+@pytest.mark.parametrize("lm", ["opt", "t5"])
+def test_blip2_vqa_and_captions_equal_the_reference_generate(blip2_dirs, lm):
+    vqa = blipkit.pipeline("vqa", model=blip2_dirs[lm], batch_size=4)
+    answers = vqa(image=[str(p) for p in IMAGES], question=QUESTIONS, max_new_tokens=5)
+    expected = reference_answers(blip2_dirs[lm], [f"Question: {q} Answer:" for q in QUESTIONS], max_new_tokens=5)
+    assert [rows[0]["answer"] for rows in answers] == expected
+    one_by_one = [vqa(image=str(p), question=q, max_new_tokens=5)[0] for p, q in zip(IMAGES, QUESTIONS, strict=True)]
+    assert [rows[0] for rows in answers] == one_by_one  # left padding: a batch does not change an answer
+
+    captioner = blipkit.pipeline("image-to-text", model=blip2_dirs[lm])
+    captions = captioner([str(p) for p in IMAGES[:2]], prompt="a photograph of", num_beams=2, max_new_tokens=4)
+    assert [rows[0]["generated_text"] for rows in captions] == reference_answers(
+        blip2_dirs[lm], ["a photograph of"] * 2, num_beams=2, max_new_tokens=4
+    )
+
+
+@pytest.mark.parametrize("lm", ["opt", "t5"])
+@pytest.mark.parametrize("return_full_text", [True, False])
+def test_image_text_to_text_equals_the_reference_pipeline(blip2_dirs, lm, return_full_text):
+    import transformers
+
+    reference = transformers.pipeline("image-text-to-text", model=str(blip2_dirs[lm]), dtype=torch.float32)
+    ours = blipkit.pipeline("image-text-to-text", model=blip2_dirs[lm])
+    text = "Question: what is in the picture? Answer:"
+    for image in map(str, IMAGES[:2]):
+        expected = reference(images=image, text=text, max_new_tokens=5, return_full_text=return_full_text)
+        assert ours(images=image, text=text, max_new_tokens=5, return_full_text=return_full_text) == expected
+
+
+@torch.no_grad()
+def test_blip2_matching_and_embeddings_equal_the_reference_model(blip2_dirs, tmp_path):
+    import transformers
+
+    reference = transformers.Blip2ForImageTextRetrieval.from_pretrained(blip2_dirs["itm"]).eval()
+    processor = transformers.Blip2Processor.from_pretrained(blip2_dirs["itm"])
+    texts = ["a cat lying on a blanket", "a rocket", "a cup of coffee"]
+    inputs = processor(images=[str(IMAGES[0])] * 3, text=texts, padding=True, return_tensors="pt")
+    match = reference(**inputs, use_image_text_matching_head=True).logits_per_image.softmax(-1)[:, 1]
+    cosine = reference(**inputs).logits_per_image[0]
+    rows = blipkit.pipeline("image-text-matching", model=blip2_dirs["itm"], batch_size=2)(str(IMAGES[0]), texts)
+    assert [r["text"] for r in rows] == texts
+    torch.testing.assert_close(torch.tensor([r["score"] for r in rows]), match, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor([r["similarity"] for r in rows]), cosine, atol=1e-5, rtol=1e-4)
+
+    out = tmp_path / "embeddings.jsonl"
+    jobs.embed([str(p) for p in IMAGES], out, model=str(blip2_dirs["itm"]), progress=False)
+    embeddings = torch.tensor([json.loads(line)["embedding"] for line in out.read_text().splitlines()])
+    expected = reference(**processor(images=[str(p) for p in IMAGES], text=["x"] * 4, return_tensors="pt"))
+    torch.testing.assert_close(embeddings, expected.image_embeds, atol=1e-5, rtol=1e-4)
+
+
+def test_blip2_jobs_and_cli_equal_the_pipeline(blip2_dirs, tmp_path):
+    pipe = blipkit.pipeline("vqa", model=blip2_dirs["t5"])
+    expected = [pipe(image=str(p), question="what is this?", max_new_tokens=4)[0]["answer"] for p in IMAGES]
+    answers = tmp_path / "answers.jsonl"
+    jobs.ask([str(p) for p in IMAGES], answers, question="what is this?", model=str(blip2_dirs["t5"]),
+             max_new_tokens=4, progress=False)  # fmt: skip
+    assert [json.loads(line)["answer"] for line in answers.read_text().splitlines()] == expected
+
+    scores = tmp_path / "scores.jsonl"
+    jobs.match([str(p) for p in IMAGES], scores, text="a cat", model=str(blip2_dirs["itm"]), progress=False)
+    rows = [json.loads(line) for line in scores.read_text().splitlines()]
+    matched = blipkit.pipeline("image-text-matching", model=blip2_dirs["itm"])
+    for image, row in zip(IMAGES, rows, strict=True):
+        assert row["itm"] == pytest.approx(matched(str(image), "a cat")[0]["score"], abs=1e-5)
+
+    env = {k: v for k, v in os.environ.items() if k != "BLIPKIT_DEBUG"}
+    cli = subprocess.run([str(BLIPKIT), "ask", str(IMAGES[0]), "what is this?", "--model", str(blip2_dirs["t5"]),
+                          "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.strip() == expected[0]
+
+
+def test_registry_reads_the_family_from_config_json(blip2_dirs, tmp_path):
+    assert checkpoint_model_type(blip2_dirs["opt"]) == "blip-2"
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BlipForConditionalGeneration"]}))
+    assert checkpoint_model_type(tmp_path) == "blip"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    with pytest.raises(ValueError, match="is a 'llava' checkpoint \\(config.json model_type\\); blipkit runs"):
+        blipkit.pipeline("image-to-text", model=tmp_path)
+    with pytest.raises(ValueError, match="unknown job 'describe'; choose one of caption, ask, match, embed"):
+        task_for_command("describe")
+    assert {t.command for t in TASKS.values()} >= {"caption", "ask", "match", "embed"}
