@@ -159,3 +159,19 @@ def test_registry_reads_the_family_from_config_json(blip2_dirs, tmp_path):
     with pytest.raises(ValueError, match="unknown job 'describe'; choose one of caption, ask, match, embed"):
         task_for_command("describe")
     assert {t.command for t in TASKS.values()} >= {"caption", "ask", "match", "embed"}
+
+
+def test_blip2_job_on_ray_equals_the_local_job(blip2_dirs, tmp_path):
+    pytest.importorskip("ray", reason="Ray is the 'ray' extra (part of the 'test' extra)")
+    env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("BLIPKIT_DEBUG", None)
+    common = [str(BLIPKIT), "ask", str(IMAGES[0].parent), "what is this?", "--model", str(blip2_dirs["opt"]),
+              "--batch-size", "3", "--max-new-tokens", "4"]  # fmt: skip
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / f"{engine}.jsonl"
+        result = subprocess.run([*common, "--out", str(out), "--engine", engine], capture_output=True, text=True,
+                                timeout=600, env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[engine] = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda r: r["id"])
+    assert runs["ray"] == runs["local"] and len(runs["local"]) == len(IMAGES)
