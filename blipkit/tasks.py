@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from blipkit.hub import ModelFiles
+
 # The processor that goes with each checkpoint family, by its config.json model_type.
 PROCESSORS = {"blip": "BlipProcessor", "blip-2": "Blip2Processor"}
 HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token")
@@ -37,7 +39,7 @@ class LoadedTask:
         """Texts tokenized as they go with images (BLIP-2: after its image placeholders), padded, on the device."""
         # Blip2Processor puts its image placeholders only before texts it encodes with images; these pixel values
         # were made apart from the text (in jobs, on decoding threads), so ask for the with-images form directly.
-        encoded = self.processor._encode_text(texts, True, "pt", {"padding": True})
+        encoded = self.processor.encode_text(texts, with_images=True, padding=True)
         return {k: v.to(self.model.device) for k, v in encoded.items()}
 
     def run(self, pixel_values: torch.Tensor, texts: list[str] | None, **options: Any) -> list[Any]:
@@ -207,12 +209,12 @@ def task_hint(model_class: str) -> str:
     return ""
 
 
-def checkpoint_model_type(source: str | os.PathLike, **hub: Any) -> str:
+def checkpoint_model_type(source: str | os.PathLike | ModelFiles, **hub: Any) -> str:
     """The family of a checkpoint: its config.json ``model_type``, or else what its ``architectures`` name."""
     from blipkit.configs import ConfigError
-    from blipkit.hub import read_json, resolve_file
+    from blipkit.hub import ModelFiles, read_json
 
-    config = read_json(resolve_file(source, "config.json", **hub), ConfigError)
+    config = read_json(ModelFiles.open(source, **hub).get("config.json"), ConfigError)
     model_type = config.get("model_type")
     if not model_type:
         architectures = config.get("architectures") or []
@@ -242,13 +244,16 @@ def load(
 
     if prompt_template is not None and "{}" not in prompt_template:
         raise ValueError(f"prompt_template must hold {{}} where the prompt or question goes, got {prompt_template!r}")
+    from blipkit.hub import ModelFiles
+
     source = model if model is not None else task.default_model
-    hub = {k: load_kwargs[k] for k in HUB_OPTIONS if k in load_kwargs}
-    model_type = checkpoint_model_type(source, **hub)
+    # Opened once: the family, the model and the processor all read the same files, each looked up once.
+    files = ModelFiles.open(source, **{k: load_kwargs.pop(k) for k in HUB_OPTIONS if k in load_kwargs})
+    model_type = checkpoint_model_type(files)
     model_class = getattr(blipkit, task.model_class(model_type, source))
     options = {**task.load_options.get(model_type, {}), **load_kwargs}
-    loaded = model_class.from_pretrained(source, dtype=dtype, device=device, **options)
-    processor = getattr(blipkit, PROCESSORS[model_type]).from_pretrained(source, use_fast=use_fast, **hub)
+    loaded = model_class.from_pretrained(files, dtype=dtype, device=device, **options)
+    processor = getattr(blipkit, PROCESSORS[model_type]).from_pretrained(files, use_fast=use_fast)
     if _continues_prompt(loaded):
         # OPT continues from its prompt's last position, so a batch's shorter prompts are padded before the text,
         # whatever side the tokenizer pads on (the reference pads as the tokenizer says: blip2-opt's pad right).

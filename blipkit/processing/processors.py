@@ -55,12 +55,14 @@ class BlipProcessor:
         if images is not None:
             out.update(self.image_processor(images, return_tensors=return_tensors, **image_keys))
         if text is not None:
-            out.update(self._encode_text(text, images is not None, return_tensors, kwargs))
+            out.update(self.encode_text(text, images is not None, return_tensors, **kwargs))
         return out
 
-    def _encode_text(
-        self, text: str | list[str], with_images: bool, return_tensors: str | None, options: dict[str, Any]
+    def encode_text(
+        self, text: str | list[str], with_images: bool = True, return_tensors: str | None = "pt", **options: Any
     ) -> dict[str, Any]:
+        """``text`` tokenized as it goes with images (``with_images``) or alone; ``options`` are the tokenizer's.
+        For pixel values made apart from their texts (batch jobs decode images on other threads)."""
         return self.tokenizer(text, return_tensors=return_tensors, **options)
 
     def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
@@ -103,9 +105,10 @@ class Blip2Processor(BlipProcessor):
     def processor_config(self) -> dict[str, Any]:
         return {**super().processor_config(), "num_query_tokens": self.num_query_tokens}
 
-    def _encode_text(
-        self, text: str | list[str], with_images: bool, return_tensors: str | None, options: dict[str, Any]
+    def encode_text(
+        self, text: str | list[str], with_images: bool = True, return_tensors: str | None = "pt", **options: Any
     ) -> dict[str, Any]:
+        """With images, every text after ``num_query_tokens`` image placeholders (see the class docstring)."""
         prefix = self.num_query_tokens if with_images and self.num_query_tokens else 0
         if options.get("max_length") is not None:
             options["max_length"] -= prefix  # the budget is for the whole sequence, image tokens included

@@ -46,6 +46,13 @@ def test_model_and_processor_opened_once_look_each_file_up_once(saved, lookups):
     assert max(lookups.values()) == 1
 
 
+def test_a_pipeline_looks_each_file_up_once(saved, lookups):
+    """The task registry reads the family, then loads model and processor, all from one ModelFiles."""
+    captioner = blipkit.pipeline("image-to-text", model=str(saved))
+    assert isinstance(captioner.model, blipkit.BlipForConditionalGeneration)
+    assert lookups["config.json"] == 1 and max(lookups.values()) == 1
+
+
 def test_opened_files_are_handed_on_as_they_are(saved):
     files = ModelFiles.open(saved, revision="main")
     assert ModelFiles.open(files) is files
