@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.blip2_checkpoints import save_tiny_blip2s
 from tests.conftest import IMAGES
+from tests.parity.test_blip2 import QUERIES
+from tests.parity.test_blip2_parts import QFORMER
+from tests.parity.test_t5 import TINY_T5
 from tests.reference import save_reference
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -34,43 +38,7 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys, marker, class_name, 
 
 def test_readme_blip2_example_runs(tmp_path, monkeypatch, capsys):
     """Tiny BLIP-2s with their processors: Flan-T5 (a unigram tokenizer), OPT (a BPE tokenizer) and an ITM model."""
-    import torch
-    import transformers
-
-    from tests.bpe import save_bpe_tokenizer
-    from tests.parity.test_blip2 import QUERIES, reference_blip2
-    from tests.parity.test_blip2_parts import QFORMER, VISION
-    from tests.parity.test_t5 import FLAN, TINY_T5
-    from tests.reference import perturb_
-    from tests.unigram import save_unigram_tokenizer
-
-    def processor(tokenizer_dir, num_query_tokens):
-        image_processor = transformers.BlipImageProcessorPil(size={"height": 28, "width": 28})
-        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-        return transformers.Blip2Processor(image_processor, tokenizer, num_query_tokens=num_query_tokens)
-
-    def save(class_name, directory, processor, **config):
-        config = transformers.Blip2Config(vision_config=VISION, num_query_tokens=QUERIES, **config)
-        torch.manual_seed(0)
-        perturb_(getattr(transformers, class_name)(config)).save_pretrained(directory)
-        processor.save_pretrained(directory)
-
-    t5 = processor(save_unigram_tokenizer(tmp_path / "unigram"), QUERIES)
-    image_token = t5.tokenizer.convert_tokens_to_ids("<image>")
-    t5_text = {**TINY_T5, **FLAN, "vocab_size": image_token + 1}
-    save("Blip2ForConditionalGeneration", tmp_path / "t5", t5, qformer_config=QFORMER, text_config=t5_text,
-         image_token_index=image_token)  # fmt: skip
-    opt = processor(save_bpe_tokenizer(tmp_path / "bpe"), QUERIES)
-    image_token = opt.tokenizer.convert_tokens_to_ids("<image>")
-    reference_blip2(tmp_path / "opt", image_token=image_token, vocab_size=image_token + 1)
-    itm = processor(tmp_path / "bpe", None)
-    save(
-        "Blip2ForImageTextRetrieval",
-        tmp_path / "itm",
-        itm,
-        qformer_config={**QFORMER, "vocab_size": 400, "use_qformer_text_input": True},
-    )
-
+    save_tiny_blip2s(tmp_path)
     example = next(e for e in EXAMPLES if "Blip2ForConditionalGeneration" in e)
     for repo, local in (("blip2-flan-t5-xl", "t5"), ("blip2-opt-2.7b", "opt"), ("blip2-itm-vit-g", "itm")):
         example = example.replace(f"Salesforce/{repo}", str(tmp_path / local))

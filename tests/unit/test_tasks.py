@@ -15,6 +15,7 @@ import torch
 import blipkit
 from blipkit import jobs
 from blipkit.tasks import TASKS, checkpoint_model_type, task_for_command
+from tests.blip2_checkpoints import save_tiny_blip2s
 from tests.conftest import IMAGES
 
 BLIPKIT = Path(sys.executable).parent / "blipkit"
@@ -23,42 +24,8 @@ QUESTIONS = ["how many cats are on the sofa?", "what", "is this a photo of an as
 
 @pytest.fixture(scope="module")
 def blip2_dirs(tmp_path_factory):
-    """Tiny BLIP-2s saved with their processors: OPT (BPE, left padding), Flan-T5 (unigram) and an ITM model."""
-    import transformers
-
-    from tests.bpe import save_bpe_tokenizer
-    from tests.parity.test_blip2 import QUERIES, reference_blip2
-    from tests.parity.test_blip2_parts import QFORMER, VISION
-    from tests.parity.test_t5 import FLAN, TINY_T5
-    from tests.reference import perturb_
-    from tests.unigram import save_unigram_tokenizer
-
-    root = tmp_path_factory.mktemp("blip2")
-
-    def processor(tokenizer_dir, num_query_tokens):
-        image_processor = transformers.BlipImageProcessorPil(size={"height": 28, "width": 28})
-        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-        return transformers.Blip2Processor(image_processor, tokenizer, num_query_tokens=num_query_tokens)
-
-    def save(class_name, directory, processor, **config):
-        config = transformers.Blip2Config(vision_config=VISION, num_query_tokens=QUERIES, **config)
-        torch.manual_seed(0)
-        perturb_(getattr(transformers, class_name)(config)).save_pretrained(directory)
-        processor.save_pretrained(directory)
-
-    t5 = processor(save_unigram_tokenizer(root / "unigram"), QUERIES)
-    image_token = t5.tokenizer.convert_tokens_to_ids("<image>")
-    t5_text = {**TINY_T5, **FLAN, "vocab_size": image_token + 1}
-    save("Blip2ForConditionalGeneration", root / "t5", t5, qformer_config=QFORMER, text_config=t5_text,
-         image_token_index=image_token)  # fmt: skip
-    opt = processor(save_bpe_tokenizer(root / "bpe", padding_side="right"), QUERIES)
-    image_token = opt.tokenizer.convert_tokens_to_ids("<image>")
-    reference_blip2(root / "opt", image_token=image_token, vocab_size=image_token + 1)
-    opt.save_pretrained(root / "opt")
-    itm = processor(root / "bpe", None)
-    save("Blip2ForImageTextRetrieval", root / "itm", itm,
-         qformer_config={**QFORMER, "vocab_size": 400, "use_qformer_text_input": True})  # fmt: skip
-    return {name: root / name for name in ("opt", "t5", "itm")}
+    """Tiny BLIP-2s saved with their processors; OPT's tokenizer pads on the right, as blip2-opt's does."""
+    return save_tiny_blip2s(tmp_path_factory.mktemp("blip2"), opt_padding_side="right")
 
 
 def reference_answers(directory: Path, prompts: list[str], **generate_kwargs) -> list[str]:
