@@ -93,6 +93,7 @@ class PreTrainedModel(nn.Module):
         *,
         config: BaseConfig | None = None,
         dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
         strict: bool = True,
         revision: str | None = None,
@@ -110,7 +111,10 @@ class PreTrainedModel(nn.Module):
         missing, unexpected or mis-shaped keys raises ``CheckpointError`` unless ``strict=False``, which
         initialises missing weights as the reference would and ignores the rest. ``quantize="int8"`` stores the
         linear layers' weights as int8 (see ``blipkit.modeling.quantize``), quantised as each is read.
+
+        The reference's names work too: ``torch_dtype`` for ``dtype``.
         """
+        dtype = _alias("dtype", dtype, "torch_dtype", torch_dtype)
         device = check_device(device) or torch.device("cpu")
         files = ModelFiles.open(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
@@ -243,6 +247,17 @@ def _as_loaded(
         return tensor.to(device)
     converted = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
     return converted.clone() if copy and converted is tensor else converted
+
+
+def _alias(name: str, value: Any, alias: str, alias_value: Any) -> Any:
+    """``value``, or what the caller gave under the reference's name ``alias`` for it; both given is an error."""
+    if alias_value is None:
+        return value
+    if value is not None:
+        raise ValueError(
+            f"got both {name}={value!r} and {alias}={alias_value!r}: give one ({alias} is {name}'s other name)"
+        )
+    return alias_value
 
 
 def check_dtype(dtype: torch.dtype | str) -> torch.dtype:
