@@ -47,6 +47,17 @@ _EXPORTS = {
     "blipkit.generation.config": ("GenerationConfig",),
     "blipkit.checkpoint": ("CheckpointError",),
     "blipkit.hub": ("ModelNotFoundError",),
+    "blipkit.auto": (
+        "AutoConfig",
+        "AutoImageProcessor",
+        "AutoModel",
+        "AutoModelForImageTextToText",
+        "AutoModelForVision2Seq",
+        "AutoModelForVisualQuestionAnswering",
+        "AutoModelForZeroShotImageClassification",
+        "AutoProcessor",
+        "AutoTokenizer",
+    ),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

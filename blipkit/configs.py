@@ -194,6 +194,16 @@ class BlipConfig(BaseConfig):
         # The text decoder cross-attends to the image tokens, so their widths must agree.
         self.text_config.encoder_hidden_size = self.vision_config.hidden_size
 
+    @classmethod
+    def from_text_vision_configs(
+        cls,
+        text_config: BlipTextConfig | dict[str, Any],
+        vision_config: BlipVisionConfig | dict[str, Any],
+        **kwargs: Any,
+    ) -> BlipConfig:
+        """A BLIP config from its parts (copied: the parts given are left as they are) and other fields."""
+        return cls.from_dict({"text_config": _copy(text_config), "vision_config": _copy(vision_config)}, **kwargs)
+
 
 @dataclass
 class Blip2VisionConfig(BaseConfig):
@@ -371,7 +381,31 @@ class Blip2Config(BaseConfig):
         # The Q-Former's cross-attention reads image tokens, so it takes the image encoder's width.
         self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
 
+    @classmethod
+    def from_vision_qformer_text_configs(
+        cls,
+        vision_config: Blip2VisionConfig | dict[str, Any],
+        qformer_config: Blip2QFormerConfig | dict[str, Any],
+        text_config: BaseConfig | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Blip2Config:
+        """A BLIP-2 config from its parts (copied: the parts given are left as they are) and other fields; without
+        ``text_config``, the default language model (OPT)."""
+        parts = {"vision_config": _copy(vision_config), "qformer_config": _copy(qformer_config)}
+        if text_config is not None:
+            parts["text_config"] = _copy(text_config)
+        return cls.from_dict(parts, **kwargs)
+
     @property
     def use_decoder_only_language_model(self) -> bool:
         """OPT continues the prompt; T5 encodes it and decodes the answer separately."""
         return not getattr(self.text_config, "is_encoder_decoder", False)
+
+
+def _copy(part: BaseConfig | dict[str, Any]) -> dict[str, Any]:
+    """A part config as a fresh dict: the whole config sets fields of its parts (widths that must agree)."""
+    if isinstance(part, BaseConfig):
+        return part.to_dict()
+    if isinstance(part, dict):
+        return dict(part)
+    raise ConfigError(f"a part config must be a config or a dict, got {part!r}")
