@@ -145,7 +145,7 @@ class ZeroShotImageClassificationPipeline(Pipeline):
 def pipeline(
     task: str,
     model: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
+    device: str | torch.device | int | None = None,
     dtype: torch.dtype | str | None = None,
     batch_size: int = 8,
     use_fast: bool = False,
@@ -154,9 +154,10 @@ def pipeline(
     """Load the model (default: the task's Salesforce checkpoint) and its processor for ``task``; a BLIP or a BLIP-2
     checkpoint, told apart by its config.json.
 
-    ``load_kwargs`` go to ``from_pretrained`` (``revision``, ``cache_dir``, ``local_files_only``, the reference's
-    ``torch_dtype``, and model options such as ``use_enc_token``); ``use_fast`` picks the batched torch image
-    processor; ``prompt_template`` says how BLIP-2 is asked a question (default ``"Question: {} Answer:"``).
+    ``device`` as the reference's: -1 or "cpu", N or "cuda:N", "mps". ``load_kwargs`` go to ``from_pretrained``
+    (``revision``, ``cache_dir``, ``local_files_only``, the reference's ``torch_dtype`` and ``device_map``, and model
+    options such as ``use_enc_token``); ``use_fast`` picks the batched torch image processor; ``prompt_template``
+    says how BLIP-2 is asked a question (default ``"Question: {} Answer:"``).
     """
     chosen = get_task(task)
     loaded = load(chosen, model, device=device, dtype=dtype, use_fast=use_fast, **load_kwargs)

@@ -18,7 +18,7 @@ from blipkit.checkpoint import (
     save_safetensors,
 )
 from blipkit.configs import BaseConfig
-from blipkit.devices import check_device
+from blipkit.devices import check_device, device_from_map
 from blipkit.hub import ModelFiles
 from blipkit.modeling.quantize import Int8Linear, quantize_linears
 
@@ -94,7 +94,8 @@ class PreTrainedModel(nn.Module):
         config: BaseConfig | None = None,
         dtype: torch.dtype | str | None = None,
         torch_dtype: torch.dtype | str | None = None,
-        device: torch.device | str | None = None,
+        device: torch.device | str | int | None = None,
+        device_map: str | torch.device | int | dict[str, Any] | None = None,
         strict: bool = True,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
@@ -112,10 +113,11 @@ class PreTrainedModel(nn.Module):
         initialises missing weights as the reference would and ignores the rest. ``quantize="int8"`` stores the
         linear layers' weights as int8 (see ``blipkit.modeling.quantize``), quantised as each is read.
 
-        The reference's names work too: ``torch_dtype`` for ``dtype``.
+        The reference's names work too: ``torch_dtype`` for ``dtype``; ``device_map`` ("auto", a device or
+        ``{"": device}``, see ``blipkit.devices.device_from_map``) for ``device``, which an int N reads as cuda:N.
         """
         dtype = _alias("dtype", dtype, "torch_dtype", torch_dtype)
-        device = check_device(device) or torch.device("cpu")
+        device = _placement(device, device_map)
         files = ModelFiles.open(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
         )
@@ -258,6 +260,15 @@ def _alias(name: str, value: Any, alias: str, alias_value: Any) -> Any:
             f"got both {name}={value!r} and {alias}={alias_value!r}: give one ({alias} is {name}'s other name)"
         )
     return alias_value
+
+
+def _placement(
+    device: torch.device | str | int | None, device_map: str | torch.device | int | dict[str, Any] | None
+) -> torch.device:
+    """The one device the model goes on: ``device`` or the reference's ``device_map`` for it; the cpu by default."""
+    if device_map is None:
+        return check_device(device) or torch.device("cpu")
+    return device_from_map(_alias("device", device, "device_map", device_map))
 
 
 def check_dtype(dtype: torch.dtype | str) -> torch.dtype:

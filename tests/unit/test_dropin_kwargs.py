@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import blipkit
+import blipkit.devices
+from blipkit.devices import available_devices, best_device, check_device, device_from_map
 from tests.parity.test_checkpoints import SAME_WIDTH
 from tests.reference import save_reference
 
@@ -45,3 +47,69 @@ def test_dtype_and_torch_dtype_together_are_refused(model_dirs):
 def test_pipeline_takes_torch_dtype(model_dirs):
     pipe = blipkit.pipeline("visual-question-answering", model=model_dirs["vqa"], torch_dtype=torch.bfloat16)
     assert pipe.model.dtype == torch.bfloat16
+
+
+# ----------------------------------------------------------------------------------------------- devices
+def test_model_device_and_dtype_are_torch_objects(model_dirs):
+    model = blipkit.BlipForConditionalGeneration.from_pretrained(model_dirs["caption"])
+    assert isinstance(model.device, torch.device) and model.device == torch.device("cpu")
+    assert isinstance(model.dtype, torch.dtype) and model.dtype == torch.float32
+
+
+@pytest.mark.parametrize("device_map", ["auto", "cpu", -1, torch.device("cpu"), {"": "cpu"}, {"": -1}])
+def test_device_map_places_the_whole_model_on_one_device(model_dirs, device_map):
+    model = blipkit.BlipForConditionalGeneration.from_pretrained(model_dirs["caption"], device_map=device_map)
+    assert {p.device for p in model.parameters()} == {torch.device("cpu")}
+
+
+CPU_ONLY = pytest.mark.skipif(available_devices() != ["cpu"], reason="this machine has an accelerator")
+
+
+@CPU_ONLY
+def test_device_map_auto_picks_the_cpu_where_there_is_no_accelerator():
+    assert device_from_map("auto") == best_device() == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("devices", "best"),
+    [(["cpu", "cuda:0", "cuda:1", "mps:0"], "cuda:0"), (["cpu", "mps:0", "xpu:0"], "mps:0"), (["cpu"], "cpu")],
+)
+def test_device_map_auto_prefers_cuda_then_mps(monkeypatch, devices, best):
+    monkeypatch.setattr(blipkit.devices, "available_devices", lambda: devices)
+    assert best_device() == torch.device(best)
+
+
+UNSUPPORTED_MAP = (
+    "device_map {!r} is not supported: blipkit places a whole model on one device. Use device_map='auto' (the best "
+    "device here), a device ('cuda:0', 0, 'mps', 'cpu') or {{'': device}}"
+)
+
+
+@pytest.mark.parametrize("device_map", ["balanced", "sequential", {"vision_model": "cpu", "text_decoder": "cpu"}])
+def test_device_maps_that_split_a_model_are_refused(model_dirs, device_map):
+    with pytest.raises(ValueError, match=f"^{re.escape(UNSUPPORTED_MAP.format(device_map))}$"):
+        blipkit.BlipForConditionalGeneration.from_pretrained(model_dirs["caption"], device_map=device_map)
+
+
+def test_device_and_device_map_together_are_refused(model_dirs):
+    with pytest.raises(ValueError, match=r"^got both device='cpu' and device_map='auto': give one \(device_map is"):
+        blipkit.BlipForConditionalGeneration.from_pretrained(model_dirs["caption"], device="cpu", device_map="auto")
+
+
+def test_pipeline_devices_as_the_reference_numbers_them(model_dirs):
+    assert check_device(-1) == torch.device("cpu")
+    for device in (-1, "cpu"):
+        pipe = blipkit.pipeline("image-to-text", model=model_dirs["caption"], device=device)
+        assert pipe.model.device == torch.device("cpu")
+    pipe = blipkit.pipeline("image-to-text", model=model_dirs["caption"], device_map="auto")
+    assert pipe.model.device == torch.device("cpu")
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("keywords", [{"device": 0}, {"device": "cuda:0"}, {"device_map": {"": 0}}])
+def test_a_gpu_that_is_not_there_is_one_clear_error(model_dirs, keywords):
+    shown = "'cuda:0'" if keywords.get("device") == "cuda:0" else "0 (cuda:0)"
+    with pytest.raises(ValueError, match=f"^{re.escape(f'device {shown} is not available: this machine has cpu')}$"):
+        blipkit.pipeline(
+            task="visual-question-answering", model=model_dirs["vqa"], torch_dtype=torch.float16, **keywords
+        )
