@@ -20,7 +20,7 @@ from blipkit.checkpoint import (
 from blipkit.configs import BaseConfig
 from blipkit.devices import check_device, device_from_map
 from blipkit.hub import ModelFiles
-from blipkit.modeling.quantize import Int8Linear, quantize_linears
+from blipkit.modeling.quantize import QUANTIZE_METHODS, Int8Linear, quantize_linears
 
 M = TypeVar("M", bound="PreTrainedModel")
 
@@ -102,6 +102,8 @@ class PreTrainedModel(nn.Module):
         local_files_only: bool = False,
         token: str | bool | None = None,
         quantize: str | None = None,
+        load_in_8bit: bool = False,
+        load_in_4bit: bool = False,
         **model_kwargs: Any,
     ) -> M:
         """Load a model from a local directory, a Hub id or opened ``ModelFiles`` (``blipkit.hub``).
@@ -114,10 +116,12 @@ class PreTrainedModel(nn.Module):
         linear layers' weights as int8 (see ``blipkit.modeling.quantize``), quantised as each is read.
 
         The reference's names work too: ``torch_dtype`` for ``dtype``; ``device_map`` ("auto", a device or
-        ``{"": device}``, see ``blipkit.devices.device_from_map``) for ``device``, which an int N reads as cuda:N.
+        ``{"": device}``, see ``blipkit.devices.device_from_map``) for ``device``, which an int N reads as cuda:N;
+        ``load_in_8bit=True`` for ``quantize="int8"`` (weight-only, not bitsandbytes' LLM.int8(): see the README).
         """
         dtype = _alias("dtype", dtype, "torch_dtype", torch_dtype)
         device = _placement(device, device_map)
+        quantize = _quantize_method(quantize, load_in_8bit, load_in_4bit)
         files = ModelFiles.open(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
         )
@@ -269,6 +273,20 @@ def _placement(
     if device_map is None:
         return check_device(device) or torch.device("cpu")
     return device_from_map(_alias("device", device, "device_map", device_map))
+
+
+def _quantize_method(quantize: str | None, load_in_8bit: bool, load_in_4bit: bool) -> str | None:
+    """``quantize``, or "int8" for the reference's ``load_in_8bit=True``; 4-bit is not a blipkit method."""
+    if load_in_4bit:
+        raise ValueError(
+            f"load_in_4bit=True is not supported: blipkit quantises weights to {', '.join(QUANTIZE_METHODS)} only "
+            "(load_in_8bit=True or quantize='int8')"
+        )
+    if load_in_8bit and quantize is not None:
+        raise ValueError(
+            f"got both quantize={quantize!r} and load_in_8bit=True: give one (load_in_8bit=True is quantize='int8')"
+        )
+    return "int8" if load_in_8bit else quantize
 
 
 def check_dtype(dtype: torch.dtype | str) -> torch.dtype:

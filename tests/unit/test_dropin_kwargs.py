@@ -113,3 +113,30 @@ def test_a_gpu_that_is_not_there_is_one_clear_error(model_dirs, keywords):
         blipkit.pipeline(
             task="visual-question-answering", model=model_dirs["vqa"], torch_dtype=torch.float16, **keywords
         )
+
+
+# ----------------------------------------------------------------------------------------------- load_in_8bit
+def test_load_in_8bit_is_blipkits_weight_only_int8(model_dirs):
+    load = blipkit.BlipForConditionalGeneration.from_pretrained
+    eight_bit = load(model_dirs["caption"], load_in_8bit=True, device_map="auto")
+    quantized = load(model_dirs["caption"], quantize="int8")
+    assert eight_bit._is_quantized
+    assert eight_bit.state_dict().keys() == quantized.state_dict().keys()
+    for name, tensor in eight_bit.state_dict().items():
+        torch.testing.assert_close(tensor, quantized.state_dict()[name], rtol=0, atol=0)
+    assert not load(model_dirs["caption"], load_in_8bit=False)._is_quantized
+
+
+def test_load_in_8bit_with_quantize_is_refused(model_dirs):
+    message = "got both quantize='int8' and load_in_8bit=True: give one (load_in_8bit=True is quantize='int8')"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        blipkit.BlipForConditionalGeneration.from_pretrained(model_dirs["caption"], quantize="int8", load_in_8bit=True)
+
+
+def test_load_in_4bit_is_refused_naming_what_is_supported(model_dirs):
+    message = (
+        "load_in_4bit=True is not supported: blipkit quantises weights to int8 only "
+        "(load_in_8bit=True or quantize='int8')"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        blipkit.BlipForConditionalGeneration.from_pretrained(model_dirs["caption"], load_in_4bit=True)
