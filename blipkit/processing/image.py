@@ -26,6 +26,7 @@ import torch
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from blipkit.hub import ModelFiles, read_json
+from blipkit.processing.batch import BatchFeature
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -410,21 +411,21 @@ class BlipImageProcessor:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / PREPROCESSOR_CONFIG).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
-    def __call__(self, images: Any, return_tensors: str | None = "pt", **overrides: Any) -> dict[str, Any]:
+    def __call__(self, images: Any, return_tensors: str | None = "pt", **overrides: Any) -> BatchFeature:
         return self.preprocess(images, return_tensors=return_tensors, **overrides)
 
-    def preprocess(self, images: Any, return_tensors: str | None = "pt", **overrides: Any) -> dict[str, Any]:
+    def preprocess(self, images: Any, return_tensors: str | None = "pt", **overrides: Any) -> BatchFeature:
         """``{"pixel_values": (batch, 3, H, W) float32 tensor}`` (or a list of arrays with return_tensors=None)."""
         options = self._options(overrides)
         arrays = [self._process_one(image, options) for image in as_image_list(images)]
         if return_tensors == "pt":
             if len({a.shape for a in arrays}) > 1:
                 raise ValueError("images of different sizes cannot form one tensor; keep do_resize=True")
-            return {"pixel_values": torch.from_numpy(np.stack(arrays))}
+            return BatchFeature(pixel_values=torch.from_numpy(np.stack(arrays)))
         if return_tensors == "np":
-            return {"pixel_values": np.stack(arrays)}
+            return BatchFeature(pixel_values=np.stack(arrays))
         if return_tensors is None:
-            return {"pixel_values": arrays}
+            return BatchFeature(pixel_values=arrays)
         raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
 
     def _options(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -491,7 +492,7 @@ class BlipImageProcessorFast(BlipImageProcessor):
     0.035 and mean below 0.001. Use ``BlipImageProcessor`` where bit-exact parity with the reference matters.
     """
 
-    def preprocess(self, images: Any, return_tensors: str | None = "pt", **overrides: Any) -> dict[str, Any]:
+    def preprocess(self, images: Any, return_tensors: str | None = "pt", **overrides: Any) -> BatchFeature:
         o = self._options(overrides)
         if return_tensors != "pt":
             raise ValueError("BlipImageProcessorFast returns torch tensors only (return_tensors='pt')")
@@ -517,7 +518,7 @@ class BlipImageProcessorFast(BlipImageProcessor):
             mean = torch.tensor(o["image_mean"], dtype=batch.dtype)[:, None, None]
             std = torch.tensor(o["image_std"], dtype=batch.dtype)[:, None, None]
             batch = (batch - mean) / std
-        return {"pixel_values": batch}
+        return BatchFeature(pixel_values=batch)
 
 
 def as_image_list(images: Any) -> list[Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from blipkit.hub import ModelFiles, read_json
+from blipkit.processing.batch import BatchFeature
 from blipkit.processing.image import IMAGE_OPTIONS, BlipImageProcessor, BlipImageProcessorFast
 from blipkit.processing.text import BlipTokenizer, TextTokenizer
 
@@ -47,11 +48,11 @@ class BlipProcessor:
         text: str | list[str] | None = None,
         return_tensors: str | None = "pt",
         **kwargs: Any,
-    ) -> dict[str, Any]:
+    ) -> BatchFeature:
         if images is None and text is None:
             raise ValueError("You have to specify either images or text.")
         image_keys = {k: kwargs.pop(k) for k in list(kwargs) if k in IMAGE_OPTIONS}
-        out: dict[str, Any] = {}
+        out = BatchFeature()
         if images is not None:
             out.update(self.image_processor(images, return_tensors=return_tensors, **image_keys))
         if text is not None:
@@ -60,7 +61,7 @@ class BlipProcessor:
 
     def encode_text(
         self, text: str | list[str], with_images: bool = True, return_tensors: str | None = "pt", **options: Any
-    ) -> dict[str, Any]:
+    ) -> BatchFeature:
         """``text`` tokenized as it goes with images (``with_images``) or alone; ``options`` are the tokenizer's.
         For pixel values made apart from their texts (batch jobs decode images on other threads)."""
         return self.tokenizer(text, return_tensors=return_tensors, **options)
@@ -107,7 +108,7 @@ class Blip2Processor(BlipProcessor):
 
     def encode_text(
         self, text: str | list[str], with_images: bool = True, return_tensors: str | None = "pt", **options: Any
-    ) -> dict[str, Any]:
+    ) -> BatchFeature:
         """With images, every text after ``num_query_tokens`` image placeholders (see the class docstring)."""
         prefix = self.num_query_tokens if with_images and self.num_query_tokens else 0
         if options.get("max_length") is not None:
@@ -120,13 +121,13 @@ class Blip2Processor(BlipProcessor):
         return _as_tensors(encoded, return_tensors)
 
 
-def _as_tensors(encoded: dict[str, list[list[int]]], return_tensors: str | None) -> dict[str, Any]:
+def _as_tensors(encoded: dict[str, list[list[int]]], return_tensors: str | None) -> BatchFeature:
     if return_tensors is None:
-        return encoded
+        return BatchFeature(encoded)
     if return_tensors != "pt":
         raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
     import torch
 
     if len({len(row) for row in encoded["input_ids"]}) > 1:
         raise ValueError("texts of different lengths cannot form one tensor: pass padding=True")
-    return {k: torch.tensor(v, dtype=torch.long) for k, v in encoded.items()}
+    return BatchFeature({k: torch.tensor(v, dtype=torch.long) for k, v in encoded.items()})

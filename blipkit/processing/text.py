@@ -15,6 +15,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokeniz
 from tokenizers.models import WordPiece
 
 from blipkit.hub import ModelFiles, read_json
+from blipkit.processing.batch import BatchFeature
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -127,7 +128,7 @@ class TextTokenizer:
         add_special_tokens: bool = True,
         return_attention_mask: bool = True,
         **unused: Any,
-    ) -> dict[str, Any]:
+    ) -> BatchFeature:
         """Encode one text or a batch: ``input_ids`` and ``attention_mask``, as lists or (``"pt"``) tensors."""
         texts = check_texts(text)
         ids = [e.ids for e in self._encode(texts, add_special_tokens, truncation, max_length)]
@@ -156,7 +157,7 @@ class TextTokenizer:
             raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
         if isinstance(text, str) and return_tensors is None:
             out = {k: v[0] for k, v in out.items()}
-        return out
+        return BatchFeature(out)
 
     def _encode(self, texts: list[str], add_special_tokens: bool, truncation: bool | str, max_length: int | None):
         if not truncation or truncation == "do_not_truncate":

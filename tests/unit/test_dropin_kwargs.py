@@ -11,6 +11,9 @@ import torch
 import blipkit
 import blipkit.devices
 from blipkit.devices import available_devices, best_device, check_device, device_from_map
+from blipkit.processing.batch import BatchFeature
+from tests.bpe import save_bpe_tokenizer
+from tests.conftest import IMAGES
 from tests.parity.test_checkpoints import SAME_WIDTH
 from tests.reference import save_reference
 
@@ -140,3 +143,106 @@ def test_load_in_4bit_is_refused_naming_what_is_supported(model_dirs):
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         blipkit.BlipForConditionalGeneration.from_pretrained(model_dirs["caption"], load_in_4bit=True)
+
+
+# ----------------------------------------------------------------------------------------------- BatchFeature
+@pytest.fixture(scope="module")
+def blip2_processor_dir(tmp_path_factory):
+    import transformers
+
+    directory = tmp_path_factory.mktemp("blip2-processor")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(save_bpe_tokenizer(directory / "bpe"))
+    image_processor = transformers.BlipImageProcessorPil(size={"height": 28, "width": 28})
+    transformers.Blip2Processor(image_processor, tokenizer, num_query_tokens=4).save_pretrained(directory)
+    return directory
+
+
+def processor_outputs(model_dirs, blip2_processor_dir) -> dict[str, object]:
+    blip = blipkit.BlipProcessor.from_pretrained(model_dirs["caption"])
+    blip2 = blipkit.Blip2Processor.from_pretrained(blip2_processor_dir)
+    fast = blipkit.BlipProcessor.from_pretrained(model_dirs["caption"], use_fast=True)
+    image = str(IMAGES[0])
+    return {
+        "BlipProcessor": blip(images=image, text="a dog", return_tensors="pt"),
+        "Blip2Processor": blip2(images=image, text="a dog", return_tensors="pt"),
+        "Blip2Processor text only": blip2(text=["a dog", "two"], padding=True),
+        "BlipImageProcessor": blip.image_processor(image, return_tensors="pt"),
+        "BlipImageProcessor lists": blip.image_processor(image, return_tensors=None),
+        "BlipImageProcessorFast": fast.image_processor(image),
+        "BlipTokenizer": blip.tokenizer(["a dog", "a cat on a mat"], padding=True, return_tensors="pt"),
+        "TextTokenizer": blip2.tokenizer("a dog"),
+    }
+
+
+def test_processors_image_processors_and_tokenizers_return_batch_features(model_dirs, blip2_processor_dir):
+    for name, inputs in processor_outputs(model_dirs, blip2_processor_dir).items():
+        assert isinstance(inputs, BatchFeature) and isinstance(inputs, dict), name
+        key = next(iter(inputs))
+        assert getattr(inputs, key) is inputs[key] and dict(**inputs).keys() == inputs.keys(), name
+
+
+def test_model_page_flow_in_half_precision(model_dirs):
+    processor = blipkit.BlipProcessor.from_pretrained(model_dirs["vqa"])
+    model = blipkit.BlipForQuestionAnswering.from_pretrained(
+        model_dirs["vqa"], torch_dtype=torch.float16, device_map="auto"
+    )
+    inputs = processor(images=str(IMAGES[0]), text="what is it?", return_tensors="pt").to(model.device, torch.float16)
+    assert inputs["pixel_values"].dtype == torch.float16 and inputs["input_ids"].dtype == torch.long
+    assert model.generate(**inputs, max_new_tokens=3).dtype == torch.long
+
+
+TO_CALLS = [
+    (("cpu",), {}),
+    ((torch.device("cpu"),), {}),
+    ((torch.float16,), {}),
+    (("cpu", torch.bfloat16), {}),
+    ((), {"device": "cpu", "dtype": torch.float64}),
+    ((), {"dtype": torch.float16}),
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs"), TO_CALLS)
+def test_to_casts_floating_tensors_only_as_the_references_batch_feature(args, kwargs):
+    import transformers
+
+    def inputs():
+        return {
+            "pixel_values": torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)),
+            "input_ids": torch.tensor([[101, 7, 102], [101, 8, 0]]),
+            "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
+            "text": ["not", "a tensor"],
+        }
+
+    ours, reference = BatchFeature(inputs()), transformers.BatchFeature(inputs())
+    assert ours.to(*args, **kwargs) is ours
+    assert reference.to(*args, **kwargs) is reference
+    assert ours.keys() == reference.keys()
+    for key, value in ours.items():
+        if isinstance(value, torch.Tensor):
+            assert value.dtype == reference[key].dtype and value.device == reference[key].device, key
+            torch.testing.assert_close(value, reference[key], rtol=0, atol=0)
+        else:
+            assert value == reference[key]
+
+
+def test_to_errors_name_the_bad_value():
+    inputs = BatchFeature(pixel_values=torch.zeros(1, 3, 4, 4))
+    with pytest.raises(
+        ValueError, match=r"^BatchFeature.to takes a device and a dtype, at most one of each; got 'cpu'$"
+    ):
+        inputs.to("cpu", "cpu")
+    with pytest.raises(
+        ValueError, match=r"^BatchFeature.to takes a device and a dtype, at most one of each; got \[1\]$"
+    ):
+        inputs.to([1])
+    with pytest.raises(AttributeError, match=r"^BatchFeature has no 'input_ids': it holds pixel_values$"):
+        inputs.input_ids  # noqa: B018 - the attribute access is what is tested
+
+
+@CPU_ONLY
+def test_to_an_absent_gpu_is_the_device_check_error():
+    inputs = BatchFeature(pixel_values=torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"^device 0 \(cuda:0\) is not available: this machine has cpu$"):
+        inputs.to(0, torch.float16)
+    with pytest.raises(ValueError, match=r"^device 'cuda' is not available: this machine has cpu$"):
+        inputs.to("cuda", torch.float16)
