@@ -43,10 +43,11 @@ _EXPORTS = {
     "blipkit.processing.image": ("BlipImageProcessor", "BlipImageProcessorFast", "ImageError", "load_image"),
     "blipkit.processing.text": ("BlipTokenizer", "TextTokenizer"),
     "blipkit.processing.processors": ("BlipProcessor", "Blip2Processor"),
+    "blipkit.processing.batch": ("BatchFeature",),
     "blipkit.pipelines": ("pipeline",),
     "blipkit.generation.config": ("GenerationConfig",),
     "blipkit.checkpoint": ("CheckpointError",),
-    "blipkit.hub": ("ModelNotFoundError",),
+    "blipkit.hub": ("ModelFiles", "ModelNotFoundError"),
     "blipkit.auto": (
         "AutoConfig",
         "AutoImageProcessor",
