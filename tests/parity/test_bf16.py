@@ -14,7 +14,7 @@ import blipkit
 from blipkit.modeling import linear
 from blipkit.modeling.layers import Attention, attention_ready
 from blipkit.modeling.vision import VisionEmbeddings
-from tests.parity.test_t5 import saved_blip2
+from tests.builders.models import saved_blip2
 from tests.reference import IMAGE_SIZE, save_reference
 
 

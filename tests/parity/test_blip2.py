@@ -6,38 +6,9 @@ import pytest
 import torch
 
 import blipkit
-from tests.parity.test_blip2_parts import QFORMER, VISION
-from tests.reference import perturb_
-
-IMAGE_TOKEN = 98
-QUERIES = 4
-TINY_OPT = {"model_type": "opt", "vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "ffn_dim": 37,
-            "num_attention_heads": 4, "max_position_embeddings": 64, "dropout": 0.0}  # fmt: skip
-
-
-def reference_blip2(tmp_path, image_token: int = IMAGE_TOKEN, **text_overrides):
-    import transformers
-
-    config = transformers.Blip2Config(
-        vision_config=VISION,
-        qformer_config={**QFORMER, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-        text_config={**TINY_OPT, **text_overrides},
-        num_query_tokens=QUERIES,
-        image_token_index=image_token,
-    )
-    torch.manual_seed(0)
-    reference = perturb_(transformers.Blip2ForConditionalGeneration(config)).eval()
-    reference.save_pretrained(tmp_path)
-    return reference
-
-
-def prompt_inputs():
-    """Two images; prompts of 4 image tokens then text, the second left-padded by one."""
-    image = [IMAGE_TOKEN] * QUERIES
-    ids = torch.tensor([image + [2, 15, 27, 33], [1] + image + [2, 44, 12]])
-    mask = torch.tensor([[1] * 8, [0] + [1] * 7])
-    pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(4))
-    return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}
+from tests.builders.configs import IMAGE_TOKEN, SAMPLING
+from tests.builders.inputs import prompt_inputs
+from tests.builders.models import reference_blip2
 
 
 @pytest.mark.parametrize("variant", [{}, {"do_layer_norm_before": False, "word_embed_proj_dim": 16}], ids=str)
@@ -110,13 +81,6 @@ def test_generated_ids_match(tmp_path, settings):
         expected = reference.generate(**kwargs, **settings)
         actual = ours.generate(**kwargs, **settings)
         assert actual.tolist() == expected.tolist()
-
-
-SAMPLING = [
-    {"do_sample": True, "top_k": 10},
-    {"do_sample": True, "num_beams": 3},
-    {"do_sample": True, "num_beams": 2, "num_return_sequences": 2, "top_k": 10},
-]
 
 
 @pytest.mark.parametrize("settings", SAMPLING, ids=str)

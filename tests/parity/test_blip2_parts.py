@@ -8,12 +8,9 @@ import pytest
 import torch
 
 import blipkit
+from tests.builders.configs import QFORMER, VISION
+from tests.builders.tolerances import close
 from tests.reference import perturb_
-
-VISION = {"hidden_size": 48, "intermediate_size": 56, "num_hidden_layers": 2, "num_attention_heads": 4,
-          "image_size": 28, "patch_size": 14}  # fmt: skip
-QFORMER = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 3, "num_attention_heads": 4,
-           "encoder_hidden_size": 48, "cross_attention_frequency": 2}  # fmt: skip
 
 
 def saved(tmp_path, class_name: str, config_name: str, **config):
@@ -23,10 +20,6 @@ def saved(tmp_path, class_name: str, config_name: str, **config):
     reference = perturb_(getattr(transformers, class_name)(getattr(transformers, config_name)(**config))).eval()
     reference.save_pretrained(tmp_path)
     return reference, getattr(blipkit, class_name).from_pretrained(tmp_path)
-
-
-def close(actual, expected):
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("qkv_bias", [True, False])

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import blipkit
-from tests.parity.test_blip2 import QUERIES, TINY_OPT
-from tests.parity.test_blip2_parts import QFORMER, VISION
+from tests.builders.configs import QFORMER, QUERIES, TINY_OPT, VISION
+from tests.builders.tolerances import close
 from tests.reference import perturb_
 
 QFORMER_TEXT = {**QFORMER, "vocab_size": 99, "max_position_embeddings": 32, "use_qformer_text_input": True,
@@ -38,10 +38,6 @@ def text_inputs(image_token: int | None):
         ids = torch.cat([torch.full((2, QUERIES), image_token), ids], dim=1)
         mask = torch.cat([torch.ones(2, QUERIES, dtype=torch.long), mask], dim=1)
     return ids, mask
-
-
-def close(actual, expected):
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("image_token", [None, 98])

@@ -7,6 +7,8 @@ import torch
 from PIL import Image
 
 import blipkit
+from tests.builders.configs import SAME_WIDTH
+from tests.builders.tolerances import close
 from tests.conftest import IMAGES
 from tests.reference import TINY_BLIP, reference_processor, save_reference
 
@@ -27,10 +29,6 @@ def pair(tmp_path_factory, class_name: str, **config_overrides):
     reference = save_reference(class_name, directory, **config_overrides)
     ours = getattr(blipkit, class_name).from_pretrained(directory)
     return reference, ours
-
-
-def close(actual, expected, atol=1e-5, rtol=1e-4):
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
 
 
 @torch.no_grad()
@@ -92,7 +90,7 @@ def test_conditional_generation_label_smoothing(tmp_path_factory, inputs):
 
 @torch.no_grad()
 def test_question_answering_forward_and_loss(tmp_path_factory, inputs):
-    ref, ours = pair(tmp_path_factory, "BlipForQuestionAnswering", vision_config=SAME_WIDTH_VISION)
+    ref, ours = pair(tmp_path_factory, "BlipForQuestionAnswering", vision_config=SAME_WIDTH["vision_config"])
     answers = reference_processor()(text=["two", "one cat", "yes", "no"], padding=True, return_tensors="pt")
     kwargs = dict(
         input_ids=inputs["input_ids"],
@@ -145,9 +143,6 @@ def test_text_models_standalone(tmp_path_factory, inputs):
             e = ref(**kwargs, labels=inputs["input_ids"], reduction="none")
             a = ours(**kwargs, labels=inputs["input_ids"], reduction="none")
             close(a.loss, e.loss)
-
-
-SAME_WIDTH_VISION = {**TINY_BLIP["vision_config"], "hidden_size": 32}
 
 
 def _tiny_text():

@@ -10,20 +10,11 @@ from safetensors.torch import load_file, save_file
 
 import blipkit
 from blipkit import CheckpointError, ModelNotFoundError
-from tests.reference import IMAGE_SIZE, save_reference
+from tests.builders.configs import SAME_WIDTH
+from tests.builders.inputs import sample_inputs
+from tests.reference import save_reference
 
 CLASSES = ["BlipModel", "BlipForConditionalGeneration", "BlipForQuestionAnswering", "BlipForImageTextRetrieval"]
-SAME_WIDTH = {"vision_config": {"hidden_size": 32, "intermediate_size": 56, "num_hidden_layers": 2,
-                                "num_attention_heads": 4, "image_size": IMAGE_SIZE, "patch_size": 8}}  # fmt: skip
-
-
-def sample_inputs(batch: int = 2):
-    generator = torch.Generator().manual_seed(1)
-    return {
-        "pixel_values": torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
-        "input_ids": torch.tensor([[101, 1037, 4937, 102, 0], [101, 2054, 2003, 2023, 102]])[:batch],
-        "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])[:batch],
-    }
 
 
 def comparable_output(model, class_name: str, inputs) -> torch.Tensor:

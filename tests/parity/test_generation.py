@@ -7,22 +7,12 @@ import torch
 from PIL import Image
 
 import blipkit
+from tests.builders.configs import SAME_WIDTH
+from tests.builders.models import boosted_reference
 from tests.conftest import IMAGES
-from tests.parity.test_checkpoints import SAME_WIDTH
-from tests.reference import reference_processor, save_reference
+from tests.reference import reference_processor
 
-# A head bias towards [SEP] makes some rows finish early and others run to max length, so the padding of
-# finished rows and the bookkeeping of finished beams are exercised.
-SEP_BOOST = 2.0
 PROMPTS = ["a picture of", "a photograph of a very small", "there is", "an"]
-
-
-def boosted_reference(class_name: str, directory, **overrides):
-    reference = save_reference(class_name, directory, **overrides)
-    with torch.no_grad():
-        reference.text_decoder.cls.predictions.bias[102] += SEP_BOOST
-    reference.save_pretrained(directory)
-    return reference, getattr(blipkit, class_name).from_pretrained(directory)
 
 
 @pytest.fixture(scope="module")

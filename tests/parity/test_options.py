@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import blipkit
-from tests.parity.test_checkpoints import SAME_WIDTH, sample_inputs
+from tests.builders.configs import SAME_WIDTH
+from tests.builders.inputs import sample_inputs
 from tests.reference import save_reference
 
 

@@ -11,7 +11,8 @@ import blipkit
 from blipkit.modeling import linear
 from blipkit.modeling.linear import Linear
 from blipkit.modeling.quantize import Int8Linear, quantize_rows
-from tests.parity.test_t5 import encoder_inputs, reference_t5, saved_blip2
+from tests.builders.inputs import encoder_inputs
+from tests.builders.models import reference_t5, saved_blip2
 from tests.reference import IMAGE_SIZE, save_reference
 
 

@@ -9,38 +9,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import blipkit
-from tests.parity.test_blip2 import IMAGE_TOKEN, QUERIES, SAMPLING, prompt_inputs, reference_blip2
-from tests.parity.test_blip2_parts import QFORMER, VISION
-from tests.reference import perturb_
-
-EOS = 1
-TINY_T5 = {"model_type": "t5", "vocab_size": 99, "d_model": 32, "d_kv": 6, "d_ff": 37, "num_layers": 2,
-           "num_heads": 4, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 20,
-           "dropout_rate": 0.0, "decoder_start_token_id": 0}  # fmt: skip
-FLAN = {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}  # T5 v1.1: gated, unscaled output
-
-
-def reference_t5(directory, **overrides):
-    import transformers
-
-    torch.manual_seed(0)
-    reference = perturb_(transformers.T5ForConditionalGeneration(transformers.T5Config(**{**TINY_T5, **overrides})))
-    with torch.no_grad():  # make the end token likely, so rows finish at different steps
-        reference.shared.weight[EOS] *= 6.0
-    reference.eval().save_pretrained(directory)
-    return reference
-
-
-def encoder_inputs():
-    """Two texts, the second right-padded by three."""
-    ids = torch.randint(2, 99, (2, 9), generator=torch.Generator().manual_seed(3))
-    mask = torch.ones_like(ids)
-    mask[1, 6:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def close(actual, expected):
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+from tests.builders.configs import EOS, FLAN, IMAGE_TOKEN, QUERIES, SAMPLING, TINY_T5
+from tests.builders.inputs import blip2_inputs, encoder_inputs
+from tests.builders.models import reference_blip2_t5, reference_t5
+from tests.builders.tolerances import close
 
 
 # Decoder depth differs from the encoder's in the first case (the reference can only generate when they agree).
@@ -164,42 +136,6 @@ def test_t5_config_errors():
 
 
 # --- BLIP-2 with Flan-T5 -------------------------------------------------------------------------------------------
-
-
-def reference_blip2_t5(directory):
-    import transformers
-
-    config = transformers.Blip2Config(
-        vision_config=VISION,
-        qformer_config={**QFORMER, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-        text_config={**TINY_T5, **FLAN},
-        num_query_tokens=QUERIES,
-        image_token_index=IMAGE_TOKEN,
-    )
-    torch.manual_seed(0)
-    reference = perturb_(transformers.Blip2ForConditionalGeneration(config))
-    with torch.no_grad():
-        reference.language_model.shared.weight[EOS] *= 6.0
-    reference.eval().save_pretrained(directory)
-    return reference
-
-
-def blip2_inputs():
-    """Two images; prompts of 4 image tokens, text and </s>; the second left-padded by one (pad is 0)."""
-    image = [IMAGE_TOKEN] * QUERIES
-    ids = torch.tensor([image + [5, 6, 7, EOS], [0] + image + [8, 9, EOS]])
-    mask = torch.tensor([[1] * 8, [0] + [1] * 7])
-    pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(4))
-    return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}
-
-
-def saved_blip2(directory, language_model: str) -> dict:
-    """Save a tiny reference BLIP-2 on OPT or T5 in ``directory``; return inputs for its forward."""
-    if language_model == "opt":
-        reference_blip2(directory)
-        return prompt_inputs()
-    reference_blip2_t5(directory)
-    return {**blip2_inputs(), "decoder_input_ids": torch.tensor([[0, 5, 9], [0, 8, 2]])}
 
 
 @pytest.fixture(scope="module")

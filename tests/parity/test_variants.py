@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import blipkit
-from tests.parity.test_checkpoints import sample_inputs
+from tests.builders.inputs import sample_inputs
+from tests.builders.tolerances import close
 from tests.reference import TINY_BLIP, perturb_
 
 
@@ -17,10 +18,6 @@ def pair(tmp_path, class_name: str, **overrides):
     reference = perturb_(getattr(transformers, class_name)(transformers.BlipConfig(**{**TINY_BLIP, **overrides})))
     reference.eval().save_pretrained(tmp_path)
     return reference, getattr(blipkit, class_name).from_pretrained(tmp_path)
-
-
-def close(actual, expected):
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("act", ["gelu_new", "relu", "quick_gelu", "silu"])

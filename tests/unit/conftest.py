@@ -1,17 +1,14 @@
-"""Fixtures for the job tests: tiny models of each task, a folder tree of photographs, tables and shards."""
+"""Fixtures for the job tests: tiny models of each task and a folder tree of photographs."""
 
 from __future__ import annotations
 
-import io
 import shutil
-import tarfile
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.builders.configs import SAME_WIDTH
 from tests.conftest import IMAGES
-from tests.parity.test_checkpoints import SAME_WIDTH
 from tests.reference import save_reference
 
 
@@ -35,21 +32,3 @@ def photos(tmp_path):
     (root / "sub" / "broken.jpg").write_bytes(IMAGES[0].read_bytes()[:500])
     (root / "notes.md").write_text("not an image")
     return root
-
-
-def img2dataset_parquet(path: Path) -> None:
-    """The layout img2dataset writes with output_format=parquet: key, caption and the encoded image in 'jpg'."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = [{"key": f"{i:09d}", "caption": f"photo number {i}", "jpg": p.read_bytes()} for i, p in enumerate(IMAGES)]
-    pq.write_table(pa.Table.from_pylist(rows), path)
-
-
-def webdataset_shard(path: Path) -> None:
-    with tarfile.open(path, "w") as tar:
-        for i, image in enumerate(IMAGES[:3]):
-            for name, data in ((f"{i:05d}.jpg", image.read_bytes()), (f"{i:05d}.txt", f"caption {i}".encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))

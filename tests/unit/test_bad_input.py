@@ -9,8 +9,8 @@ from PIL import Image
 
 import blipkit
 from blipkit import BlipImageProcessor, BlipTokenizer, ImageError
+from tests.builders.inputs import sample_inputs
 from tests.conftest import IMAGES, VOCAB
-from tests.parity.test_checkpoints import sample_inputs
 from tests.reference import save_reference
 
 

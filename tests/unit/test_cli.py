@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders.configs import SAME_WIDTH
 from tests.conftest import IMAGES
 from tests.hubcache import prefill
-from tests.parity.test_checkpoints import SAME_WIDTH
 from tests.reference import save_reference
 
 ROOT = Path(__file__).resolve().parents[2]

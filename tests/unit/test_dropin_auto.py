@@ -12,10 +12,10 @@ from PIL import Image
 import blipkit
 from blipkit import auto
 from blipkit.tasks import PROCESSORS
-from tests.blip2_checkpoints import save_tiny_blip2s
+from tests.builders.checkpoints import save_tiny_blip2s
+from tests.builders.configs import SAME_WIDTH
 from tests.conftest import IMAGES
 from tests.hubcache import prefill
-from tests.parity.test_checkpoints import SAME_WIDTH
 from tests.reference import save_reference
 
 AUTO_CLASSES = [name for name in blipkit.__all__ if name.startswith("Auto")]

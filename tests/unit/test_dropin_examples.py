@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.blip2_checkpoints import save_tiny_blip2s
+from tests.builders.checkpoints import save_tiny_blip2s
+from tests.builders.configs import SAME_WIDTH
 from tests.conftest import IMAGES
 from tests.hubcache import prefill
-from tests.parity.test_checkpoints import SAME_WIDTH
 from tests.reference import save_reference
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ import blipkit.devices
 from blipkit.devices import available_devices, best_device, check_device, device_from_map
 from blipkit.processing.batch import BatchFeature
 from tests.bpe import save_bpe_tokenizer
+from tests.builders.configs import SAME_WIDTH
 from tests.conftest import IMAGES
-from tests.parity.test_checkpoints import SAME_WIDTH
 from tests.reference import save_reference
 
 

@@ -15,8 +15,9 @@ import blipkit
 from blipkit.generation.cache import KVCache
 from blipkit.modeling.qformer import QFormerTextEmbeddings
 from blipkit.processing.image import BlipImageProcessor, BlipImageProcessorFast, ImageError, load_image
+from tests.builders.configs import IMAGE_TOKEN, QUERIES
+from tests.builders.models import reference_blip2
 from tests.conftest import IMAGES
-from tests.parity.test_blip2 import IMAGE_TOKEN, QUERIES, reference_blip2
 from tests.reference import perturb_, save_reference
 
 # --- generation: caches and beams grow with what is generated, not with max_new_tokens ----------------------------

@@ -22,8 +22,8 @@ from PIL import Image
 from blipkit import jobs
 from blipkit.jobs.sinks import OutputError
 from blipkit.jobs.sources import iter_items
+from tests.builders.datasets import webdataset_shard
 from tests.conftest import IMAGES
-from tests.unit.conftest import webdataset_shard
 
 BLIPKIT = Path(sys.executable).parent / "blipkit"
 AFRESH = "add --overwrite (overwrite=True in Python) to start afresh, or choose another output"

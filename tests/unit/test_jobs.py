@@ -17,8 +17,8 @@ from PIL import Image
 
 from blipkit import jobs
 from blipkit.jobs.sources import SourceError, iter_items
+from tests.builders.datasets import img2dataset_parquet, webdataset_shard
 from tests.conftest import IMAGES
-from tests.unit.conftest import img2dataset_parquet, webdataset_shard
 
 BLIPKIT = Path(sys.executable).parent / "blipkit"
 

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 import blipkit
+from tests.builders.configs import SAME_WIDTH
+from tests.builders.models import boosted_reference
 from tests.conftest import IMAGES
-from tests.parity.test_checkpoints import SAME_WIDTH
-from tests.parity.test_generation import boosted_reference
 from tests.reference import save_reference
 
 

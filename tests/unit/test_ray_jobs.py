@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.conftest import img2dataset_parquet, webdataset_shard
+from tests.builders.datasets import img2dataset_parquet, webdataset_shard
 
 pytest.importorskip("ray", reason="Ray is the 'ray' extra (part of the 'test' extra)")
 BLIPKIT = Path(sys.executable).parent / "blipkit"

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.blip2_checkpoints import save_tiny_blip2s
+from tests.builders.checkpoints import save_tiny_blip2s
+from tests.builders.configs import QFORMER, QUERIES, TINY_T5
 from tests.conftest import IMAGES
-from tests.parity.test_blip2 import QUERIES
-from tests.parity.test_blip2_parts import QFORMER
-from tests.parity.test_t5 import TINY_T5
 from tests.reference import save_reference
 
 README = Path(__file__).resolve().parents[2] / "README.md"

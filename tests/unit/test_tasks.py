@@ -15,7 +15,7 @@ import torch
 import blipkit
 from blipkit import jobs
 from blipkit.tasks import TASKS, checkpoint_model_type, task_for_command
-from tests.blip2_checkpoints import save_tiny_blip2s
+from tests.builders.checkpoints import save_tiny_blip2s
 from tests.conftest import IMAGES
 
 BLIPKIT = Path(sys.executable).parent / "blipkit"

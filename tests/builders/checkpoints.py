@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 
 from tests.bpe import save_bpe_tokenizer
-from tests.parity.test_blip2 import QUERIES, reference_blip2
-from tests.parity.test_blip2_parts import QFORMER, VISION
-from tests.parity.test_t5 import FLAN, TINY_T5
+from tests.builders.configs import FLAN, QFORMER, QUERIES, TINY_T5, VISION
+from tests.builders.models import reference_blip2
 from tests.reference import perturb_
 from tests.unigram import save_unigram_tokenizer
 
