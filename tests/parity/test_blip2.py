@@ -7,16 +7,18 @@ import torch
 
 import blipkit
 from tests.builders.configs import IMAGE_TOKEN, SAMPLING
+from tests.builders.devices import DEVICES, moved
 from tests.builders.inputs import prompt_inputs
 from tests.builders.models import reference_blip2
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", [{}, {"do_layer_norm_before": False, "word_embed_proj_dim": 16}], ids=str)
 @torch.no_grad()
-def test_forward_logits_loss_and_image_features(tmp_path, variant):
-    reference = reference_blip2(tmp_path, **variant)
-    ours = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path)
-    inputs = prompt_inputs()
+def test_forward_logits_loss_and_image_features(tmp_path, variant, device):
+    reference = reference_blip2(tmp_path, **variant).to(device)
+    ours = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path, device=device)
+    inputs = moved(prompt_inputs(), device)
     labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE_TOKEN, -100)
     labels = labels.masked_fill(inputs["attention_mask"] == 0, -100)
     expected, actual = reference(**inputs, labels=labels), ours(**inputs, labels=labels)
@@ -69,14 +71,16 @@ GENERATION_SETTINGS = [
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("settings", GENERATION_SETTINGS, ids=str)
-def test_generated_ids_match(tmp_path, settings):
+def test_generated_ids_match(tmp_path, settings, device):
     reference = reference_blip2(tmp_path)
     with torch.no_grad():  # make [eos] (2) likely, so rows finish at different steps
         reference.language_model.model.decoder.embed_tokens.weight[2] *= 2.5
     reference.save_pretrained(tmp_path)
-    ours = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path)
-    inputs = prompt_inputs()
+    reference.to(device)
+    ours = blipkit.Blip2ForConditionalGeneration.from_pretrained(tmp_path, device=device)
+    inputs = moved(prompt_inputs(), device)
     for kwargs in ({"pixel_values": inputs["pixel_values"]}, inputs):
         expected = reference.generate(**kwargs, **settings)
         actual = ours.generate(**kwargs, **settings)

@@ -8,6 +8,7 @@ from PIL import Image
 
 import blipkit
 from tests.builders.configs import SAME_WIDTH
+from tests.builders.devices import DEVICES, moved
 from tests.builders.tolerances import close
 from tests.conftest import IMAGES
 from tests.reference import TINY_BLIP, reference_processor, save_reference
@@ -31,10 +32,12 @@ def pair(tmp_path_factory, class_name: str, **config_overrides):
     return reference, ours
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @torch.no_grad()
-def test_vision_model(tmp_path_factory, inputs):
+def test_vision_model(tmp_path_factory, inputs, device):
     ref, ours = pair(tmp_path_factory, "BlipModel")
-    vision_ref, vision_ours = ref.vision_model, ours.vision_model
+    vision_ref, vision_ours = ref.vision_model.to(device), ours.vision_model.to(device)
+    inputs = moved(inputs, device)
     expected = vision_ref(pixel_values=inputs["pixel_values"], output_hidden_states=True)
     actual = vision_ours(inputs["pixel_values"], output_hidden_states=True)
     close(actual.last_hidden_state, expected.last_hidden_state)
@@ -44,9 +47,11 @@ def test_vision_model(tmp_path_factory, inputs):
         close(a, e)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @torch.no_grad()
-def test_blip_model(tmp_path_factory, inputs):
-    ref, ours = pair(tmp_path_factory, "BlipModel")
+def test_blip_model(tmp_path_factory, inputs, device):
+    ref, ours = (model.to(device) for model in pair(tmp_path_factory, "BlipModel"))
+    inputs = moved(inputs, device)
     expected = ref(**inputs, return_loss=True)
     actual = ours(**inputs, return_loss=True)
     for name in ("loss", "logits_per_image", "logits_per_text", "text_embeds", "image_embeds"):
