@@ -10,18 +10,23 @@ from tests.builders.inputs import blip2_inputs, prompt_inputs
 from tests.reference import perturb_, save_reference
 
 
-def reference_blip2(tmp_path, image_token: int = IMAGE_TOKEN, **text_overrides):
+def _perturbed_blip2(text_config: dict, image_token: int):
+    """A tiny reference Blip2ForConditionalGeneration on ``text_config``, every weight moved off its init."""
     import transformers
 
     config = transformers.Blip2Config(
         vision_config=VISION,
         qformer_config={**QFORMER, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-        text_config={**TINY_OPT, **text_overrides},
+        text_config=text_config,
         num_query_tokens=QUERIES,
         image_token_index=image_token,
     )
     torch.manual_seed(0)
-    reference = perturb_(transformers.Blip2ForConditionalGeneration(config)).eval()
+    return perturb_(transformers.Blip2ForConditionalGeneration(config))
+
+
+def reference_blip2(tmp_path, image_token: int = IMAGE_TOKEN, **text_overrides):
+    reference = _perturbed_blip2({**TINY_OPT, **text_overrides}, image_token).eval()
     reference.save_pretrained(tmp_path)
     return reference
 
@@ -38,17 +43,7 @@ def reference_t5(directory, **overrides):
 
 
 def reference_blip2_t5(directory):
-    import transformers
-
-    config = transformers.Blip2Config(
-        vision_config=VISION,
-        qformer_config={**QFORMER, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-        text_config={**TINY_T5, **FLAN},
-        num_query_tokens=QUERIES,
-        image_token_index=IMAGE_TOKEN,
-    )
-    torch.manual_seed(0)
-    reference = perturb_(transformers.Blip2ForConditionalGeneration(config))
+    reference = _perturbed_blip2({**TINY_T5, **FLAN}, IMAGE_TOKEN)
     with torch.no_grad():
         reference.language_model.shared.weight[EOS] *= 6.0
     reference.eval().save_pretrained(directory)
