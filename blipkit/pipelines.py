@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from blipkit.processing.text import check_text, check_texts
-from blipkit.tasks import LoadedTask, get_task, load, task_hint
+from blipkit.tasks import LoadedTask, get_task, load
 
-__all__ = ["pipeline", "task_hint"]  # task_hint: checkpoint errors name the task a class runs
+__all__ = ["pipeline"]
 
 
 class Pipeline:

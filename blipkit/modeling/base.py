@@ -184,7 +184,7 @@ class PreTrainedModel(nn.Module):
         if other is not None:
             # A checkpoint of another head: listing its keys (and suggesting strict=False, which would run the
             # wrong head on random weights) hides what is wrong - the task.
-            from blipkit.pipelines import task_hint
+            from blipkit.tasks import task_hint
 
             return (
                 f"{source} is a {other} checkpoint{task_hint(other)}, which {name}{task_hint(name)} cannot use: "
