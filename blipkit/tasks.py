@@ -110,6 +110,11 @@ def embed_images(loaded: LoadedTask, pixel_values: torch.Tensor, texts: list[str
     return loaded.model.get_image_features(pixel_values).float().tolist()
 
 
+def embed_texts(loaded: LoadedTask, pixel_values: None, texts: list[str] | None, options: dict) -> list:
+    """Each text's normalized ITC embedding, in the space of ``embed_images`` (no image: ``pixel_values`` is None)."""
+    return loaded.model.get_text_features(**loaded.tokens(texts)).float().tolist()
+
+
 # ----------------------------------------------------------------------------------------------- the registry
 CAPTIONING = {"blip": "BlipForConditionalGeneration", "blip-2": "Blip2ForConditionalGeneration"}
 RETRIEVAL = {"blip": "BlipForImageTextRetrieval", "blip-2": "Blip2ForImageTextRetrieval"}
@@ -177,6 +182,7 @@ TASKS: dict[str, Task] = {
             record=lambda embedding, _: {"embedding": embedding},
             fields=("embedding",),
         ),
+        Task("text-embedding", MATCHING_MODEL, RETRIEVAL, embed_texts),
     )
 }
 ALIASES = {"vqa": "visual-question-answering"}

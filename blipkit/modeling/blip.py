@@ -382,6 +382,11 @@ class BlipForImageTextRetrieval(_MultimodalEncoderMixin, BlipPreTrainedModel):
         vision = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         return self._image_embedding(vision.last_hidden_state)
 
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The normalized ITC text embedding: (texts, image_text_hidden_size), comparable by dot product with
+        ``get_image_features``."""
+        return self._text_embedding(self._encode_text_alone(input_ids, attention_mask))
+
     def image_text_similarity(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -400,8 +405,7 @@ class BlipForImageTextRetrieval(_MultimodalEncoderMixin, BlipPreTrainedModel):
         _, image_embeds, image_mask = self._image_tokens(pixel_values, interpolate_pos_encoding)
         question = self._encode_with_image(input_ids, attention_mask, image_embeds, image_mask)
         match = self.itm_head(question[:, 0]).float().softmax(-1)[:, 1]
-        text = self._text_embedding(self._encode_text_alone(input_ids, attention_mask))
-        similarity = (self._image_embedding(image_embeds) * text).sum(-1)
+        similarity = (self._image_embedding(image_embeds) * self.get_text_features(input_ids, attention_mask)).sum(-1)
         return match, similarity.float()
 
     def _encode_text_alone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

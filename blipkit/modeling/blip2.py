@@ -176,6 +176,11 @@ class Blip2ForImageTextRetrieval(_QueryReader):
         ``image_embeds`` of ``forward``. The reference's retrieval model has no such method."""
         return self._image_embeddings(self.vision_model(pixel_values).last_hidden_state)
 
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The normalized embedding of each text's first token: (texts, image_text_hidden_size), comparable by dot
+        product with every query of ``get_image_features`` (the best query's is the ITC similarity)."""
+        return self._text_embedding(input_ids, attention_mask)[0]
+
     def image_text_similarity(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -94,6 +94,33 @@ def test_blip2_matching_and_embeddings_equal_the_reference_model(blip2_dirs, tmp
     torch.testing.assert_close(embeddings, expected.image_embeds, atol=1e-5, rtol=1e-4)
 
 
+@torch.no_grad()
+def test_text_embeddings_equal_the_reference_and_share_the_image_space(blip2_dirs, models):
+    import transformers
+
+    from blipkit.tasks import load
+
+    texts = ["a cat lying on a blanket", "a rocket"]
+    blip2 = load(TASKS["text-embedding"], blip2_dirs["itm"])
+    reference = transformers.Blip2ForImageTextRetrieval.from_pretrained(blip2_dirs["itm"]).eval()
+    inputs = transformers.Blip2Processor.from_pretrained(blip2_dirs["itm"])(
+        images=[str(IMAGES[0])] * 2, text=texts, padding=True, return_tensors="pt"
+    )
+    expected = reference(**inputs)
+    torch.testing.assert_close(torch.tensor(blip2.run(None, texts)), expected.text_embeds, atol=1e-5, rtol=1e-4)
+    # The best query's dot product with the text embedding is the ITC similarity.
+    queries = torch.tensor(load(TASKS["image-embedding"], blip2_dirs["itm"]).run(blip2.pixel_values(IMAGES[0]), None))
+    similarity = (queries[0] @ torch.tensor(blip2.run(None, texts)).T).max(0).values
+    torch.testing.assert_close(similarity, expected.logits_per_image[0], atol=1e-5, rtol=1e-4)
+
+    blip = load(TASKS["text-embedding"], models / "itm")
+    reference = transformers.BlipForImageTextRetrieval.from_pretrained(models / "itm").eval()
+    tokens = transformers.BlipProcessor.from_pretrained(models / "itm")(text=texts, padding=True, return_tensors="pt")
+    hidden = reference.text_encoder(**tokens).last_hidden_state[:, 0]
+    expected = torch.nn.functional.normalize(reference.text_proj(hidden), dim=-1)
+    torch.testing.assert_close(torch.tensor(blip.run(None, texts)), expected, atol=1e-5, rtol=1e-4)
+
+
 def test_blip2_jobs_and_cli_equal_the_pipeline(blip2_dirs, tmp_path):
     pipe = blipkit.pipeline("vqa", model=blip2_dirs["t5"])
     expected = [pipe(image=str(p), question="what is this?", max_new_tokens=4)[0]["answer"] for p in IMAGES]
