@@ -7,19 +7,12 @@ its docstring).
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import io
 import json
-import math
 import os
-import socket
-import threading
-import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -27,17 +20,12 @@ from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from blipkit.hub import ModelFiles, read_json
 from blipkit.processing.batch import BatchFeature
+from blipkit.processing.fetch import DownloadError, download
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 PROCESSOR_CONFIG = "processor_config.json"
-
-# What one image URL may cost; the environment variables override the first two for every download.
-MAX_IMAGE_BYTES = 50 * 2**20  # BLIPKIT_MAX_IMAGE_BYTES
-URL_DEADLINE_SECONDS = 30.0  # BLIPKIT_URL_DEADLINE: connecting, redirects, headers and body together
-MAX_REDIRECTS = 5
-DOWNLOAD_CHUNK = 2**16
 
 # A JPEG with more pixels than Pillow accepts without a DecompressionBombWarning (``Image.MAX_IMAGE_PIXELS``, 89M:
 # 9459x9459) is decoded at a reduced scale that keeps at least this many times the size it will be resized to, in
@@ -85,7 +73,11 @@ def load_image(image: Any, timeout: float = 10.0, resize_to: tuple[int, int] | N
     elif isinstance(image, (str, os.PathLike)):
         source = str(image)
         if source.startswith(("http://", "https://")):
-            pil = _open(io.BytesIO(_download(source, timeout)), source, resize_to)
+            try:
+                data = download(source, timeout)
+            except DownloadError as e:
+                raise ImageError(str(e)) from None
+            pil = _open(io.BytesIO(data), source, resize_to)
         else:
             path = Path(source).expanduser()
             if not path.is_file():
@@ -149,140 +141,6 @@ def _over_pixel_limit(size: tuple[int, int], times: int) -> str | None:
     if limit is None or pixels <= times * limit:
         return None
     return f"{size[0]}x{size[1]} is {pixels} pixels, over {times * limit}: could be a decompression bomb"
-
-
-def _download(url: str, timeout: float) -> bytes:
-    """The body at ``url``, within the size, time and redirect limits; ``timeout`` bounds each socket operation."""
-    max_bytes = _positive_setting("BLIPKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES, int)
-    seconds = _positive_setting("BLIPKIT_URL_DEADLINE", URL_DEADLINE_SECONDS, float)
-    with _Deadline(seconds) as deadline:
-        opener = urllib.request.build_opener(
-            _LimitedRedirects(url), _WatchedHTTPHandler(deadline), _WatchedHTTPSHandler(deadline)
-        )
-        try:
-            with opener.open(url, timeout=min(timeout, seconds)) as response:
-                data = _read_capped(response, url, max_bytes)
-        except (OSError, http.client.HTTPException) as e:
-            if not deadline.expired:
-                raise ImageError(f"cannot download image {url}: {e}") from None
-    # A connection shut down by the deadline may also look like a body that simply ended.
-    if deadline.expired:
-        raise ImageError(f"image URL {url} took longer than the {seconds:g} s limit (BLIPKIT_URL_DEADLINE)")
-    return data
-
-
-def _positive_setting(variable: str, default: float, kind: type) -> Any:
-    raw = os.environ.get(variable)
-    if raw is None:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = 0
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{variable} must be a positive, finite {kind.__name__}, got {raw!r}")
-    return value
-
-
-def _read_capped(response: http.client.HTTPResponse, url: str, max_bytes: int) -> bytes:
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise ImageError(
-            f"image URL {url} is {int(declared)} bytes, over the {max_bytes}-byte limit (BLIPKIT_MAX_IMAGE_BYTES)"
-        )
-    chunks, size = [], 0
-    # One byte past the limit is enough to know the body breaks it.
-    while size <= max_bytes and (chunk := response.read(min(DOWNLOAD_CHUNK, max_bytes + 1 - size))):
-        chunks.append(chunk)
-        size += len(chunk)
-    if size > max_bytes:
-        raise ImageError(f"image URL {url} sends more than the {max_bytes}-byte limit (BLIPKIT_MAX_IMAGE_BYTES)")
-    return b"".join(chunks)
-
-
-class _Deadline:
-    """One download's time limit. When it passes, every connection the download opened is shut down, which ends
-    any read waiting on it: a per-socket timeout alone lets a server that trickles a byte a second hold a worker
-    for ever."""
-
-    def __init__(self, seconds: float) -> None:
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Deadline:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._timer.cancel()
-
-    def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
-            if self.expired:
-                _shut_down(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._sockets:
-                _shut_down(sock)
-
-
-def _shut_down(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # closed already
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-class _WatchedConnections:
-    """Mixed into urllib's HTTP(S) handlers: each connection, once open, is put under the download's deadline."""
-
-    def __init__(self, deadline: _Deadline, **handler_options: Any) -> None:
-        super().__init__(**handler_options)
-        self.deadline = deadline
-
-    def do_open(self, http_class: type, req: urllib.request.Request, **connection_options: Any):
-        deadline = self.deadline
-
-        class WatchedConnection(http_class):
-            def connect(self) -> None:
-                super().connect()
-                deadline.watch(self.sock)
-
-        return super().do_open(WatchedConnection, req, **connection_options)
-
-
-class _WatchedHTTPHandler(_WatchedConnections, urllib.request.HTTPHandler):
-    pass
-
-
-class _WatchedHTTPSHandler(_WatchedConnections, urllib.request.HTTPSHandler):
-    pass
-
-
-class _LimitedRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows at most ``MAX_REDIRECTS`` redirects, to http(s) URLs only (urllib's own follows ten, and ftp)."""
-
-    # urllib's loop detection would otherwise answer first, with a less telling message.
-    max_repeats = max_redirections = MAX_REDIRECTS + 1
-
-    def __init__(self, url: str) -> None:
-        super().__init__()
-        self.url = url
-        self.redirects = 0
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        self.redirects += 1
-        if urlsplit(newurl).scheme not in ("http", "https"):
-            fp.close()
-            raise ImageError(f"image URL {self.url} redirects to {newurl}: only http and https URLs are followed")
-        if self.redirects > MAX_REDIRECTS:
-            fp.close()
-            raise ImageError(f"image URL {self.url} redirects more than {MAX_REDIRECTS} times")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def to_rgb(pil: Image.Image) -> Image.Image:
