@@ -1,7 +1,8 @@
 """The decoding loops: greedy / sampling and beam search, each a prefill followed by one-token decode steps.
 
-The model supplies a ``Decoder``: given the new tokens, their positions and the attention mask over everything so
-far, it returns the next-token logits and keeps its own KV cache. Everything else - lengths, masks, positions,
+The model supplies a ``Decoder``: ``prefill`` reads the prompt and ``step`` each chosen token - given their positions
+and the attention mask over everything so far, each returns the next-token logits; the decoder keeps its own KV
+cache. Everything else - lengths, masks, positions,
 logits processors, stopping, beams - is here, and follows the reference's ``generate`` token for token.
 """
 
@@ -21,10 +22,14 @@ NEG = -1.0e9  # the reference's score for "impossible" in beam search
 
 
 class Decoder(Protocol):
-    def __call__(
+    def prefill(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        """(rows, new) ids and positions, (rows, past + new) mask -> (rows, vocab) logits of the last position."""
+        """(rows, prompt) ids, positions and mask -> (rows, vocab) logits of the prompt's last position."""
+        ...
+
+    def step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(rows, 1) ids and positions, (rows, past + 1) mask -> (rows, vocab) logits of the new position."""
         ...
 
     def reorder(self, rows: torch.Tensor) -> None: ...
@@ -42,8 +47,11 @@ def generate(
     max_positions: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Token ids (prompt included) for every prompt row: (rows * num_return_sequences, length)."""
+    """Token ids (prompt included) for every prompt row: (rows * num_return_sequences, length). An empty prompt,
+    (rows, 0), is an encoder-decoder's: each row starts from ``decoder_start_token_id`` (else ``bos_token_id``)."""
     config.validate()
+    if input_ids.shape[1] == 0:
+        input_ids, attention_mask = _decoder_start(input_ids, config)
     eos = _eos_tensor(config.eos_token_id, input_ids.device)
     if attention_mask is None:
         attention_mask = _infer_attention_mask(input_ids, config.pad_token_id, eos)
@@ -68,7 +76,7 @@ def generate(
 
 def _greedy_or_sample(decoder, ids, mask, config, process, eos, max_length, generator) -> torch.Tensor:
     positions = _positions(mask)
-    logits = decoder(ids, positions, mask)
+    logits = decoder.prefill(ids, positions, mask)
     unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
     while True:
         scores = process(ids, logits.float())
@@ -84,7 +92,7 @@ def _greedy_or_sample(decoder, ids, mask, config, process, eos, max_length, gene
             return ids
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
         positions = positions[:, -1:] + 1
-        logits = decoder(tokens[:, None], positions, mask)
+        logits = decoder.step(tokens[:, None], positions, mask)
 
 
 def _beam_search(decoder, ids, mask, config, process, eos, max_length, generator) -> torch.Tensor:
@@ -112,7 +120,7 @@ def _beam_search(decoder, ids, mask, config, process, eos, max_length, generator
     row_offset = torch.arange(batch, device=device)[:, None] * beams
 
     positions = _positions(mask)
-    logits = decoder(ids, positions, mask)
+    logits = decoder.prefill(ids, positions, mask)
     length = prompt_length
     while True:
         running = _with_room(running, length + 1, max_length, fill)
@@ -171,7 +179,7 @@ def _beam_search(decoder, ids, mask, config, process, eos, max_length, generator
         decoder.reorder((chosen_parents + row_offset).view(-1))
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
         positions = positions[:, -1:] + 1
-        logits = decoder(running[:, :, length - 1].reshape(-1, 1), positions, mask)
+        logits = decoder.step(running[:, :, length - 1].reshape(-1, 1), positions, mask)
 
     returned = config.num_return_sequences
     sequences = finished_seqs[:, :returned].reshape(batch * returned, -1)
@@ -223,6 +231,15 @@ def _max_length(config: GenerationConfig, prompt_length: int, max_positions: int
         return config.max_length
     default = prompt_length + 20  # the reference's default: 20 new tokens, within the model's positions
     return min(default, max_positions) if max_positions is not None else default
+
+
+def _decoder_start(empty: torch.Tensor, config: GenerationConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    start = config.decoder_start_token_id if config.decoder_start_token_id is not None else config.bos_token_id
+    if start is None:
+        raise ValueError("generation needs decoder_start_token_id (T5 starts decoding with pad_token_id: 0)")
+    ids = torch.full((empty.shape[0], 1), start, dtype=torch.long, device=empty.device)
+    # The start token is pad (0) for T5: an explicit mask stops it being taken for padding.
+    return ids, torch.ones_like(ids)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from torch import nn
 
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import BlipTextConfig
+from blipkit.generation import search
 from blipkit.generation.cache import KVCache
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import (
@@ -246,6 +247,19 @@ class BlipTextLMHeadModel(PreTrainedModel):
             loss = lm_loss(logits, labels, self.config.label_smoothing, reduction)
         return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
+    def special_tokens(self) -> dict[str, int | None]:
+        """As the reference: [SEP] ends a caption or answer and [PAD] fills finished rows, whatever a generation
+        config says."""
+        return {"eos_token_id": self.config.sep_token_id, "pad_token_id": self.config.pad_token_id}
+
+    def decoder_factory(self, context: torch.Tensor, context_mask: torch.Tensor | None) -> search.DecoderFactory:
+        """Step decoders that cross-attend to ``context`` (batch, tokens, width): image tokens, or a question."""
+
+        def make_decoder(rows_per_context: int, max_length: int) -> CachedTextDecoder:
+            return CachedTextDecoder(self, context, context_mask, context.shape[0] * rows_per_context, max_length)
+
+        return make_decoder
+
 
 class CachedTextDecoder(StepDecoder):
     """Runs a ``BlipTextLMHeadModel`` one step at a time for generation.
@@ -269,9 +283,7 @@ class CachedTextDecoder(StepDecoder):
         if model.bert.mask_cross_attention and context_mask is not None:
             self.context_mask = additive_mask(context_mask, 1, context.dtype)
 
-    def __call__(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         past = self.caches[0].length
         x = self.model.bert.embeddings(input_ids, position_ids)
         mask = additive_mask(attention_mask, input_ids.shape[1], x.dtype, causal=True, past=past)

@@ -10,10 +10,10 @@ from torch import nn
 
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import BlipConfig
-from blipkit.generation import search
 from blipkit.generation.config import GenerationConfig
+from blipkit.generation.mixin import GenerationMixin
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.bert import TEXT_KEYS, BlipTextLMHeadModel, BlipTextModel, CachedTextDecoder
+from blipkit.modeling.bert import TEXT_KEYS, BlipTextLMHeadModel, BlipTextModel
 from blipkit.modeling.outputs import (
     BlipForConditionalGenerationModelOutput,
     BlipImageTextMatchingModelOutput,
@@ -37,36 +37,28 @@ class BlipPreTrainedModel(PreTrainedModel):
         return vision, image_embeds, ones
 
 
-class _GenerationMixin:
-    """Decoding text from a context (image tokens for captions, question tokens for VQA) with blipkit's search."""
+class _TextGeneration(GenerationMixin):
+    """BLIP's generating models: the text decoder writes, cross-attending to image tokens (captions) or to the
+    encoded question (VQA)."""
 
-    can_generate = True
-    generation_config: GenerationConfig
-    text_decoder: BlipTextLMHeadModel
     config: BlipConfig
+    text_decoder: BlipTextLMHeadModel
 
-    def _generate(
+    def _decode_text(
         self,
         context: torch.Tensor,
         context_mask: torch.Tensor | None,
         prompt_ids: torch.Tensor,
         prompt_mask: torch.Tensor | None,
         generator: torch.Generator | None,
-        kwargs: dict,
+        generate_kwargs: dict,
     ) -> torch.Tensor:
-        text = self.config.text_config
-        # As the reference: [SEP] ends a caption or answer and [PAD] fills finished rows, whatever the
-        # generation_config says; call arguments override both.
-        config = self.generation_config.updated(eos_token_id=text.sep_token_id, pad_token_id=text.pad_token_id)
-        config = config.updated(**kwargs)
-
-        def make_decoder(rows_per_context: int, max_length: int) -> CachedTextDecoder:
-            rows = context.shape[0] * rows_per_context
-            return CachedTextDecoder(self.text_decoder, context, context_mask, rows, max_length)
-
-        return search.generate(
-            make_decoder, prompt_ids, prompt_mask, config, text.max_position_embeddings, generator=generator
-        )
+        """The text decoder's ids after ``prompt_ids``, cross-attending to ``context`` (image or question tokens)."""
+        decoder = self.text_decoder
+        return self._decode(
+            decoder.decoder_factory(context, context_mask), prompt_ids, prompt_mask, decoder.special_tokens(),
+            generate_kwargs, generator, self.config.text_config.max_position_embeddings,
+        )  # fmt: skip
 
 
 class _MultimodalEncoderMixin:
@@ -186,7 +178,7 @@ class BlipModel(BlipPreTrainedModel):
         )
 
 
-class BlipForConditionalGeneration(_GenerationMixin, BlipPreTrainedModel):
+class BlipForConditionalGeneration(_TextGeneration, BlipPreTrainedModel):
     """Captioning: the image encoder and a text decoder that cross-attends to all image tokens."""
 
     main_input_name = "pixel_values"
@@ -256,10 +248,10 @@ class BlipForConditionalGeneration(_GenerationMixin, BlipPreTrainedModel):
             input_ids[:, 0] = bos
         if attention_mask is not None:
             attention_mask = attention_mask[:, :-1]
-        return self._generate(image_embeds, None, input_ids[:, :-1], attention_mask, generator, generate_kwargs)
+        return self._decode_text(image_embeds, None, input_ids[:, :-1], attention_mask, generator, generate_kwargs)
 
 
-class BlipForQuestionAnswering(_GenerationMixin, _MultimodalEncoderMixin, BlipPreTrainedModel):
+class BlipForQuestionAnswering(_TextGeneration, _MultimodalEncoderMixin, BlipPreTrainedModel):
     """VQA: the question is encoded with cross-attention to the image, the answer decoded from the question.
 
     ``mask_question_padding=True`` makes the answer decoder ignore the padding of a batch of questions, as the
@@ -337,7 +329,7 @@ class BlipForQuestionAnswering(_GenerationMixin, _MultimodalEncoderMixin, BlipPr
         # The reference decodes against every question token, padding included (see mask_question_padding).
         question_mask = attention_mask if self.text_decoder.bert.mask_cross_attention else None
         start = torch.full((question.shape[0], 1), self.config.text_config.bos_token_id, device=question.device)
-        return self._generate(question, question_mask, start, None, generator, generate_kwargs)
+        return self._decode_text(question, question_mask, start, None, generator, generate_kwargs)
 
 
 class BlipForImageTextRetrieval(_MultimodalEncoderMixin, BlipPreTrainedModel):

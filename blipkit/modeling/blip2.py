@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch import nn
 
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import Blip2Config
-from blipkit.generation import search
 from blipkit.generation.config import GenerationConfig
+from blipkit.generation.mixin import GenerationMixin
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import lm_loss
-from blipkit.modeling.opt import OPT_KEYS, CachedOPTDecoder, OPTForCausalLM, opt_positions
-from blipkit.modeling.outputs import BaseModelOutputWithPooling, ModelOutput
+from blipkit.modeling.opt import OPT_KEYS, OPTForCausalLM, opt_positions
+from blipkit.modeling.outputs import (
+    BaseModelOutputWithPooling,
+    BaseModelOutputWithPoolingAndCrossAttentions,
+    Blip2ForConditionalGenerationModelOutput,
+    Blip2ImageFeatures,
+    Blip2ImageTextMatchingModelOutput,
+    Blip2TextModelOutput,
+    Blip2VisionModelOutput,
+)
 from blipkit.modeling.qformer import QFORMER_KEYS, Blip2QFormerModel, QFormerTextEmbeddings
 from blipkit.modeling.t5 import T5_KEYS, T5ForConditionalGeneration
 from blipkit.modeling.vision import VISION_KEYS, Blip2VisionModel
@@ -28,59 +33,37 @@ LANGUAGE_MODEL_KEYS = {
 }
 
 
-@dataclass(frozen=True)
-class Blip2ImageFeatures(ModelOutput):
-    """The vision output, with ``pooler_output`` replaced by the projected query tokens (the LM's image prefix)."""
-
-    last_hidden_state: torch.Tensor | None = None
-    pooler_output: torch.Tensor | None = None
-    vision_outputs: BaseModelOutputWithPooling | None = None
-    qformer_outputs: Any = None
-
-
-@dataclass(frozen=True)
-class Blip2ForConditionalGenerationModelOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    vision_outputs: BaseModelOutputWithPooling | None = None
-    qformer_outputs: Any = None
-    language_model_outputs: Any = None
-
-
-@dataclass(frozen=True)
-class Blip2TextModelOutput(ModelOutput):
-    text_embeds: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class Blip2VisionModelOutput(ModelOutput):
-    image_embeds: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class Blip2ImageTextMatchingModelOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    text_model_output: Any = None
-    vision_model_output: BaseModelOutputWithPooling | None = None
-
-
-class _QueryReader(PreTrainedModel):
-    """Parts shared by the BLIP-2 models that read an image through the Q-Former's query tokens."""
+class Blip2PreTrainedModel(PreTrainedModel):
+    """What every BLIP-2 model holds: the Q-Former and its query tokens, and - unless it reads text alone - the image
+    encoder whose tokens the queries read."""
 
     config_class = Blip2Config
     key_map = KeyMap(VISION_KEYS + QFORMER_KEYS)
+    reads_images = True  # False: a text-only model, with no image encoder
 
-    def _read_image(self, image: torch.Tensor):
-        """The Q-Former's output for image tokens; ``last_hidden_state`` is (batch, queries, width)."""
-        queries = self.query_tokens.expand(image.shape[0], -1, -1)
+    def __init__(self, config: Blip2Config) -> None:
+        super().__init__(config)
+        if self.reads_images:
+            self.vision_model = Blip2VisionModel(config.vision_config)
+        self.query_tokens = nn.Parameter(torch.empty(1, config.num_query_tokens, config.qformer_config.hidden_size))
+        self.qformer = Blip2QFormerModel(config.qformer_config)
+
+    def _read_image(
+        self,
+        image: torch.Tensor,
+        embeds: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
+        """The Q-Former over image tokens (batch, tokens, width): its query tokens cross-attend to them; given
+        ``embeds``, the queries followed by text (as ``QFormerTextEmbeddings`` gives them) and ``mask`` over both,
+        the text reads along. ``last_hidden_state`` is (batch, queries [+ text], width)."""
+        if embeds is None:
+            embeds = self.query_tokens.expand(image.shape[0], -1, -1)
         ones = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
-        return self.qformer(queries, encoder_hidden_states=image, encoder_attention_mask=ones)
+        return self.qformer(
+            embeds, query_length=self.config.num_query_tokens, attention_mask=mask, encoder_hidden_states=image,
+            encoder_attention_mask=ones,
+        )  # fmt: skip
 
     def _text_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         """Drop the image placeholders a Blip2Processor put before the text (when the config has them)."""
@@ -90,16 +73,13 @@ class _QueryReader(PreTrainedModel):
         return input_ids[:, n:], attention_mask[:, n:] if attention_mask is not None else None
 
 
-class Blip2VisionModelWithProjection(_QueryReader):
+class Blip2VisionModelWithProjection(Blip2PreTrainedModel):
     """Image -> query tokens -> normalized embeddings in the image-text space: (batch, queries, dim)."""
 
     main_input_name = "pixel_values"
 
     def __init__(self, config: Blip2Config) -> None:
         super().__init__(config)
-        self.vision_model = Blip2VisionModel(config.vision_config)
-        self.query_tokens = nn.Parameter(torch.empty(1, config.num_query_tokens, config.qformer_config.hidden_size))
-        self.qformer = Blip2QFormerModel(config.qformer_config)
         self.vision_projection = nn.Linear(config.qformer_config.hidden_size, config.image_text_hidden_size)
 
     def forward(self, pixel_values: torch.Tensor | None = None) -> Blip2VisionModelOutput:
@@ -110,14 +90,14 @@ class Blip2VisionModelWithProjection(_QueryReader):
         )
 
 
-class Blip2TextModelWithProjection(_QueryReader):
+class Blip2TextModelWithProjection(Blip2PreTrainedModel):
     """Text through the Q-Former alone -> normalized embeddings of every token in the image-text space."""
+
+    reads_images = False
 
     def __init__(self, config: Blip2Config) -> None:
         super().__init__(config)
-        self.query_tokens = nn.Parameter(torch.empty(1, config.num_query_tokens, config.qformer_config.hidden_size))
         self.embeddings = QFormerTextEmbeddings(config.qformer_config)
-        self.qformer = Blip2QFormerModel(config.qformer_config)
         self.text_projection = nn.Linear(config.qformer_config.hidden_size, config.image_text_hidden_size)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Blip2TextModelOutput:
@@ -128,7 +108,7 @@ class Blip2TextModelWithProjection(_QueryReader):
         )
 
 
-class Blip2ForImageTextRetrieval(_QueryReader):
+class Blip2ForImageTextRetrieval(Blip2PreTrainedModel):
     """Image-text matching (``use_image_text_matching_head=True``: ITM logits, averaged over the queries) or
     contrastive similarity (default: the best query's cosine with the text's first token)."""
 
@@ -137,10 +117,7 @@ class Blip2ForImageTextRetrieval(_QueryReader):
     def __init__(self, config: Blip2Config) -> None:
         super().__init__(config)
         width = config.qformer_config.hidden_size
-        self.vision_model = Blip2VisionModel(config.vision_config)
-        self.query_tokens = nn.Parameter(torch.empty(1, config.num_query_tokens, width))
         self.embeddings = QFormerTextEmbeddings(config.qformer_config)
-        self.qformer = Blip2QFormerModel(config.qformer_config)
         self.vision_projection = nn.Linear(width, config.image_text_hidden_size)
         self.text_projection = nn.Linear(width, config.image_text_hidden_size)
         self.itm_head = nn.Linear(width, 2)
@@ -205,17 +182,10 @@ class Blip2ForImageTextRetrieval(_QueryReader):
         n = self.config.num_query_tokens
         queries = self.query_tokens.expand(image.shape[0], -1, -1)
         if self.config.image_token_index is not None:
-            input_ids = input_ids[:, n:]
+            input_ids = input_ids[:, n:]  # the placeholders' mask stands for the queries', as the reference reads it
         elif attention_mask is not None:  # the queries are always attended to
             attention_mask = torch.cat([attention_mask.new_ones(queries.shape[:2]), attention_mask], dim=1)
-        ones = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
-        text = self.qformer(
-            self.embeddings(input_ids, queries),
-            query_length=n,
-            attention_mask=attention_mask,
-            encoder_hidden_states=image,
-            encoder_attention_mask=ones,
-        )
+        text = self._read_image(image, self.embeddings(input_ids, queries), attention_mask)
         return self.itm_head(text.last_hidden_state[:, :n]).mean(dim=1), text
 
     def _image_embeddings(self, image: torch.Tensor) -> torch.Tensor:
@@ -229,7 +199,7 @@ class Blip2ForImageTextRetrieval(_QueryReader):
         return nn.functional.normalize(self.text_projection(text.last_hidden_state[:, 0]), dim=-1), text
 
 
-class _Blip2WithLanguageModel(_QueryReader):
+class _Blip2WithLanguageModel(Blip2PreTrainedModel):
     """Image -> ViT -> Q-Former queries -> projection -> language model, which reads them where the prompt has
     ``image_token_index`` placeholders (the processor puts ``num_query_tokens`` of them before the text)."""
 
@@ -237,9 +207,6 @@ class _Blip2WithLanguageModel(_QueryReader):
 
     def __init__(self, config: Blip2Config) -> None:
         super().__init__(config)
-        self.vision_model = Blip2VisionModel(config.vision_config)
-        self.query_tokens = nn.Parameter(torch.empty(1, config.num_query_tokens, config.qformer_config.hidden_size))
-        self.qformer = Blip2QFormerModel(config.qformer_config)
         self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
         self.language_model = LANGUAGE_MODELS[config.text_config.model_type](config.text_config)
         self.key_map = LANGUAGE_MODEL_KEYS[config.text_config.model_type]
@@ -342,10 +309,8 @@ class Blip2Model(_Blip2WithLanguageModel):
         return BaseModelOutputWithPooling(last_hidden_state=hidden)
 
 
-class Blip2ForConditionalGeneration(_Blip2WithLanguageModel):
+class Blip2ForConditionalGeneration(GenerationMixin, _Blip2WithLanguageModel):
     """BLIP-2 for captioning and visual question answering: ``generate`` continues the prompt after the image."""
-
-    can_generate = True
 
     def __init__(self, config: Blip2Config) -> None:
         super().__init__(config)
@@ -379,21 +344,15 @@ class Blip2ForConditionalGeneration(_Blip2WithLanguageModel):
         if attention_mask is None:  # the reference takes every prompt token as real here
             attention_mask = torch.ones_like(input_ids)
         embeds = self.merge_image_features(input_ids, self.get_input_embeddings()(input_ids), features)
-        if not self.config.use_decoder_only_language_model:
-            encoded = self.language_model.encode(attention_mask=attention_mask, inputs_embeds=embeds)
-            return self.language_model.generate_from_encoded(
-                encoded, attention_mask, self.generation_config, generator, generate_kwargs
-            )
-        config = self.generation_config.updated(
-            bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id
-        ).updated(**generate_kwargs)
-
-        def make_decoder(rows_per_prompt: int, max_length: int) -> CachedOPTDecoder:
-            prefix = embeds.repeat_interleave(rows_per_prompt, 0)
-            return CachedOPTDecoder(self.language_model, prefix.shape[0], max_length, prefix)
-
-        return search.generate(
-            make_decoder, input_ids, attention_mask, config, text.max_position_embeddings, generator=generator
+        lm = self.language_model
+        if self.config.use_decoder_only_language_model:  # OPT continues the prompt
+            make_decoder, max_positions = lm.decoder_factory(embeds), text.max_position_embeddings
+        else:  # T5 encodes the prompt and decodes from its start token
+            encoded = lm.encode(attention_mask=attention_mask, inputs_embeds=embeds)
+            make_decoder, max_positions = lm.decoder_factory(encoded, attention_mask), None
+            input_ids, attention_mask = input_ids[:, :0], None
+        return self._decode(
+            make_decoder, input_ids, attention_mask, lm.special_tokens(), generate_kwargs, generator, max_positions
         )
 
 

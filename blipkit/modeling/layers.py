@@ -53,6 +53,17 @@ class StepDecoder:
         if context is not None:
             self.context_kv = [attention_ready(layer.cross_attn, context) for layer in layers]
 
+    def prefill(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The prompt's logits at its last position: one step over all its tokens, unless a decoder reads its prompt
+        another way."""
+        return self.step(input_ids, position_ids, attention_mask)
+
+    def step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(rows, new) ids and positions, (rows, past + new) mask -> (rows, vocab) logits of the last position."""
+        raise NotImplementedError
+
     def reorder(self, rows: torch.Tensor) -> None:
         for cache in self.caches:
             cache.reorder(rows)

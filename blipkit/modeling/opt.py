@@ -7,6 +7,7 @@ from torch import nn
 
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import OPTConfig
+from blipkit.generation import search
 from blipkit.generation.cache import KVCache
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import MLP, Attention, Embedding, StepDecoder, boolean_mask, check_text_length, lm_loss
@@ -117,6 +118,21 @@ class OPTForCausalLM(PreTrainedModel):
             return self.lm_head(hidden)
         return linear(hidden, self.decoder.embed_tokens.weight)
 
+    def special_tokens(self) -> dict[str, int | list[int] | None]:
+        """The tokens generation starts, ends and pads with: the config's, over any generation config."""
+        text = self.config
+        return {"bos_token_id": text.bos_token_id, "eos_token_id": text.eos_token_id, "pad_token_id": text.pad_token_id}
+
+    def decoder_factory(self, prompt_embeds: torch.Tensor) -> search.DecoderFactory:
+        """Step decoders for generation from the prompt's embeddings, (batch, prompt, width): BLIP-2 writes its image
+        features into them."""
+
+        def make_decoder(rows_per_prompt: int, max_length: int) -> CachedOPTDecoder:
+            embeds = prompt_embeds.repeat_interleave(rows_per_prompt, 0)
+            return CachedOPTDecoder(self, embeds, max_length)
+
+        return make_decoder
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -145,21 +161,23 @@ class OPTForCausalLM(PreTrainedModel):
 
 
 class CachedOPTDecoder(StepDecoder):
-    """Runs ``OPTForCausalLM`` one step at a time for generation; the first step may take embeddings (BLIP-2's
-    image prefix and prompt) instead of token ids."""
+    """Runs ``OPTForCausalLM`` one step at a time for generation, its prompt given as embeddings (BLIP-2's image
+    prefix and prompt) rather than token ids."""
 
-    def __init__(self, model: OPTForCausalLM, rows: int, max_length: int, prefix_embeds: torch.Tensor | None) -> None:
+    def __init__(self, model: OPTForCausalLM, prompt_embeds: torch.Tensor, max_length: int) -> None:
         weight = model.decoder.embed_tokens.weight
-        super().__init__(model.decoder.layers, rows, max_length, weight.dtype, weight.device)
+        super().__init__(model.decoder.layers, prompt_embeds.shape[0], max_length, weight.dtype, weight.device)
         self.model = model
-        self.prefix_embeds = prefix_embeds
+        self.prompt_embeds = prompt_embeds  # (rows, prompt, width): what the prompt's ids stand for
 
-    def __call__(
+    def prefill(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        if self.prefix_embeds is not None:
-            embeds, self.prefix_embeds = self.prefix_embeds, None
-        else:
-            embeds = self.model.decoder.embed_tokens(input_ids)
-        hidden = self.model.decoder(embeds, attention_mask, position_ids, self.caches)
+        return self._next_logits(self.prompt_embeds, position_ids, attention_mask)
+
+    def step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self._next_logits(self.model.decoder.embed_tokens(input_ids), position_ids, attention_mask)
+
+    def _next_logits(self, embeds: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.decoder(embeds, mask, position_ids, self.caches)
         return self.model.logits(hidden[:, -1])

@@ -105,3 +105,45 @@ class Seq2SeqLMOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     encoder_last_hidden_state: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Blip2ImageFeatures(ModelOutput):
+    """The vision output, with ``pooler_output`` replaced by the projected query tokens (the LM's image prefix)."""
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    vision_outputs: BaseModelOutputWithPooling | None = None
+    qformer_outputs: Any = None
+
+
+@dataclass(frozen=True)
+class Blip2ForConditionalGenerationModelOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    vision_outputs: BaseModelOutputWithPooling | None = None
+    qformer_outputs: Any = None
+    language_model_outputs: Any = None
+
+
+@dataclass(frozen=True)
+class Blip2TextModelOutput(ModelOutput):
+    text_embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Blip2VisionModelOutput(ModelOutput):
+    image_embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Blip2ImageTextMatchingModelOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_model_output: Any = None
+    vision_model_output: BaseModelOutputWithPooling | None = None

@@ -14,6 +14,7 @@ from blipkit.configs import T5Config
 from blipkit.generation import search
 from blipkit.generation.cache import KVCache
 from blipkit.generation.config import GenerationConfig
+from blipkit.generation.mixin import GenerationMixin
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import (
     Attention,
@@ -183,7 +184,7 @@ class T5Stack(nn.Module):
         return self.dropout(self.final_layer_norm(x))
 
 
-class T5ForConditionalGeneration(PreTrainedModel):
+class T5ForConditionalGeneration(GenerationMixin, PreTrainedModel):
     """T5 with its LM head. The token embeddings are shared by both stacks; the head is tied to them unless the
     checkpoint carries its own (Flan-T5 does)."""
 
@@ -275,33 +276,27 @@ class T5ForConditionalGeneration(PreTrainedModel):
     ) -> torch.Tensor:
         """Decoder ids, starting with ``decoder_start_token_id``, for each encoder input."""
         encoded = self.encode(input_ids, attention_mask, inputs_embeds)
-        return self.generate_from_encoded(encoded, attention_mask, self.generation_config, generator, generate_kwargs)
+        start = encoded.new_empty((encoded.shape[0], 0), dtype=torch.long)
+        make_decoder = self.decoder_factory(encoded, attention_mask)
+        return self._decode(make_decoder, start, None, self.special_tokens(), generate_kwargs, generator)
 
-    def generate_from_encoded(
-        self,
-        encoded: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        generation_config: GenerationConfig,
-        generator: torch.Generator | None,
-        generate_kwargs: dict,
-    ) -> torch.Tensor:
+    def special_tokens(self) -> dict[str, int | list[int] | None]:
+        """The tokens generation ends, pads and starts decoding with: the config's, over any generation config."""
         text = self.config
-        config = generation_config.updated(
-            eos_token_id=text.eos_token_id,
-            pad_token_id=text.pad_token_id,
-            decoder_start_token_id=text.decoder_start_token_id,
-        ).updated(**generate_kwargs)
-        start = config.decoder_start_token_id if config.decoder_start_token_id is not None else config.bos_token_id
-        if start is None:
-            raise ValueError("generation needs decoder_start_token_id (T5 starts decoding with pad_token_id: 0)")
-        prompt = torch.full((encoded.shape[0], 1), start, dtype=torch.long, device=encoded.device)
+        return {
+            "eos_token_id": text.eos_token_id,
+            "pad_token_id": text.pad_token_id,
+            "decoder_start_token_id": text.decoder_start_token_id,
+        }
+
+    def decoder_factory(self, encoded: torch.Tensor, attention_mask: torch.Tensor | None) -> search.DecoderFactory:
+        """Step decoders over the encoder's output (batch, tokens, d_model) for generation."""
         context_mask = additive_mask(attention_mask, 1, encoded.dtype)
 
         def make_decoder(rows_per_prompt: int, max_length: int) -> CachedT5Decoder:
             return CachedT5Decoder(self, encoded, context_mask, encoded.shape[0] * rows_per_prompt, max_length)
 
-        # The start token is pad (0) for T5: an explicit mask stops it being taken for padding.
-        return search.generate(make_decoder, prompt, torch.ones_like(prompt), config, None, generator=generator)
+        return make_decoder
 
 
 class CachedT5Decoder(StepDecoder):
@@ -320,9 +315,7 @@ class CachedT5Decoder(StepDecoder):
         self.model = model
         self.context_mask = context_mask
 
-    def __call__(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # Positions are implicit in T5: the relative bias counts from the cache length.
         decoder = self.model.decoder
         hidden = decoder(
