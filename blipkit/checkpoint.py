@@ -57,6 +57,12 @@ class KeyMap:
         return self._apply(self._to_reference, key)
 
 
+def under(prefix: str, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A part's key pairs anchored below its attribute in a larger model (``vision_model``): the families share one
+    layer vocabulary, so the ViT's ``layers.N.self_attn.o`` must not be renamed as the text encoder's is."""
+    return [(f"{prefix}.{ref}", f"{prefix}.{ours}") for ref, ours in pairs]
+
+
 def weight_files(files: ModelFiles) -> list[Path]:
     """The weight files of a model, preferring safetensors, following a shard index where there is one."""
     for single, index in ((SAFETENSORS, SAFETENSORS_INDEX), (TORCH_BIN, TORCH_BIN_INDEX)):

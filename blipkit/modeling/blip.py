@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blipkit.checkpoint import KeyMap
+from blipkit.checkpoint import KeyMap, under
 from blipkit.configs import BlipConfig
 from blipkit.generation.config import GenerationConfig
 from blipkit.generation.mixin import GenerationMixin
@@ -22,7 +22,7 @@ from blipkit.modeling.outputs import (
 )
 from blipkit.modeling.vision import VISION_KEYS, BlipVisionModel
 
-BLIP_KEYS = KeyMap(VISION_KEYS + TEXT_KEYS)
+BLIP_KEYS = KeyMap(under("vision_model", VISION_KEYS) + TEXT_KEYS)
 
 
 class BlipPreTrainedModel(PreTrainedModel):

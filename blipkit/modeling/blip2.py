@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from blipkit.checkpoint import KeyMap
+from blipkit.checkpoint import KeyMap, under
 from blipkit.configs import Blip2Config
 from blipkit.generation.config import GenerationConfig
 from blipkit.generation.mixin import GenerationMixin
@@ -28,8 +28,9 @@ from blipkit.modeling.vision import VISION_KEYS, Blip2VisionModel
 LANGUAGE_MODELS = {"opt": OPTForCausalLM, "t5": T5ForConditionalGeneration}
 # Most specific first: a language model's "decoder.layers.N.self_attn.q" is not a Q-Former "layers.N.self_attn.q".
 # OPT and T5 both name our decoder layers "decoder.layers.N", so each gets its own table.
+BLIP2_VISION_KEYS = under("vision_model", VISION_KEYS)
 LANGUAGE_MODEL_KEYS = {
-    kind: KeyMap(VISION_KEYS + keys + QFORMER_KEYS) for kind, keys in (("opt", OPT_KEYS), ("t5", T5_KEYS))
+    kind: KeyMap(BLIP2_VISION_KEYS + keys + QFORMER_KEYS) for kind, keys in (("opt", OPT_KEYS), ("t5", T5_KEYS))
 }
 
 
@@ -38,7 +39,7 @@ class Blip2PreTrainedModel(PreTrainedModel):
     encoder whose tokens the queries read."""
 
     config_class = Blip2Config
-    key_map = KeyMap(VISION_KEYS + QFORMER_KEYS)
+    key_map = KeyMap(BLIP2_VISION_KEYS + QFORMER_KEYS)
     reads_images = True  # False: a text-only model, with no image encoder
 
     def __init__(self, config: Blip2Config) -> None:

@@ -177,11 +177,11 @@ class Attention(nn.Module):
         num_heads: int,
         kv_dim: int | None = None,
         *,
-        bias: bool = True,
+        qkv_bias: bool = True,
+        out_bias: bool = True,
         fused_qkv: bool = False,
         dropout: float = 0.0,
         scale: float | None = None,
-        qkv_bias: bool | None = None,
         head_dim: int | None = None,
     ) -> None:
         super().__init__()
@@ -192,14 +192,13 @@ class Attention(nn.Module):
         inner = num_heads * self.head_dim
         self.dropout = dropout
         self.scale = scale  # None: SDPA's 1/sqrt(head_dim)
-        in_bias = bias if qkv_bias is None else qkv_bias  # projections in may differ from the one out
         if fused_qkv:
-            self.qkv = Linear(dim, 3 * inner, bias=in_bias)
+            self.qkv = Linear(dim, 3 * inner, bias=qkv_bias)
         else:
-            self.q = Linear(dim, inner, bias=in_bias)
-            self.k = Linear(kv_dim or dim, inner, bias=in_bias)
-            self.v = Linear(kv_dim or dim, inner, bias=in_bias)
-        self.o = Linear(inner, dim, bias=bias)
+            self.q = Linear(dim, inner, bias=qkv_bias)
+            self.k = Linear(kv_dim or dim, inner, bias=qkv_bias)
+            self.v = Linear(kv_dim or dim, inner, bias=qkv_bias)
+        self.o = Linear(inner, dim, bias=out_bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         # (batch, tokens, dim) -> (batch, heads, tokens, head_dim)

@@ -21,6 +21,9 @@ OPT_KEYS = [
     ),
     ("model.decoder.layers.{}.fc1", "decoder.layers.{}.mlp.fc1"),
     ("model.decoder.layers.{}.fc2", "decoder.layers.{}.mlp.fc2"),
+    ("model.decoder.layers.{}.self_attn_layer_norm", "decoder.layers.{}.self_attn_norm"),
+    ("model.decoder.layers.{}.final_layer_norm", "decoder.layers.{}.mlp_norm"),
+    ("model.decoder.final_layer_norm", "decoder.final_norm"),
     ("model.decoder", "decoder"),
 ]
 POSITION_OFFSET = 2  # OPT's position table keeps two unused rows in front (a fairseq legacy)
@@ -31,23 +34,24 @@ class OPTLayer(nn.Module):
         super().__init__()
         dim, affine = config.hidden_size, config.layer_norm_elementwise_affine
         self.pre_norm = config.do_layer_norm_before
+        bias = config.enable_bias
         self.self_attn = Attention(
-            dim, config.num_attention_heads, bias=config.enable_bias, dropout=config.attention_dropout
+            dim, config.num_attention_heads, qkv_bias=bias, out_bias=bias, dropout=config.attention_dropout
         )
-        self.self_attn_layer_norm = nn.LayerNorm(dim, elementwise_affine=affine)
+        self.self_attn_norm = nn.LayerNorm(dim, elementwise_affine=affine)
         self.mlp = MLP(dim, config.ffn_dim, config.activation_function, bias=config.enable_bias)
-        self.final_layer_norm = nn.LayerNorm(dim, elementwise_affine=affine)
+        self.mlp_norm = nn.LayerNorm(dim, elementwise_affine=affine)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
-        h = self.self_attn_layer_norm(x) if self.pre_norm else x
+        h = self.self_attn_norm(x) if self.pre_norm else x
         kv = cache.update(*self.self_attn.project_kv(h)) if cache is not None else None
         x = x + self.dropout(self.self_attn(h, mask=mask, kv=kv))
         if not self.pre_norm:
-            x = self.self_attn_layer_norm(x)
-        h = self.final_layer_norm(x) if self.pre_norm else x
+            x = self.self_attn_norm(x)
+        h = self.mlp_norm(x) if self.pre_norm else x
         x = x + self.dropout(self.mlp(h))
-        return x if self.pre_norm else self.final_layer_norm(x)
+        return x if self.pre_norm else self.mlp_norm(x)
 
 
 class OPTDecoder(nn.Module):
@@ -60,7 +64,7 @@ class OPTDecoder(nn.Module):
         self.project_in = Linear(proj, dim, bias=False) if proj != dim else None
         self.project_out = Linear(dim, proj, bias=False) if proj != dim else None
         has_final_norm = config.do_layer_norm_before and not config._remove_final_layer_norm
-        self.final_layer_norm = (
+        self.final_norm = (
             nn.LayerNorm(dim, elementwise_affine=config.layer_norm_elementwise_affine) if has_final_norm else None
         )
         self.layers = nn.ModuleList(OPTLayer(config) for _ in range(config.num_hidden_layers))
@@ -83,8 +87,8 @@ class OPTDecoder(nn.Module):
         mask = boolean_mask(attention_mask, x.shape[1], causal=True, past=past)
         for i, layer in enumerate(self.layers):
             x = layer(x, mask, caches[i] if caches else None)
-        if self.final_layer_norm is not None:
-            x = self.final_layer_norm(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
         return x if self.project_out is None else self.project_out(x)
 
 

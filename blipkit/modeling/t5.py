@@ -41,6 +41,8 @@ T5_KEYS = [
     # The reference keeps each stack's position-bias table in its first block; we keep it on the stack.
     ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias", "encoder.relative_attention_bias"),
     ("decoder.block.0.layer.0.SelfAttention.relative_attention_bias", "decoder.relative_attention_bias"),
+    ("encoder.final_layer_norm", "encoder.final_norm"),
+    ("decoder.final_layer_norm", "decoder.final_norm"),
     *_stack_keys("encoder", (("SelfAttention", "self_attn"), ("DenseReluDense", "mlp"))),
     *_stack_keys(
         "decoder", (("SelfAttention", "self_attn"), ("EncDecAttention", "cross_attn"), ("DenseReluDense", "mlp"))
@@ -105,7 +107,7 @@ class T5Layer(nn.Module):
         def attention() -> Attention:
             # No 1/sqrt(d) scaling: T5 was trained with it folded into the weights.
             return Attention(
-                config.d_model, config.num_heads, bias=False, scale=1.0, head_dim=config.d_kv,
+                config.d_model, config.num_heads, qkv_bias=False, out_bias=False, scale=1.0, head_dim=config.d_kv,
                 dropout=config.dropout_rate,
             )  # fmt: skip
 
@@ -147,7 +149,7 @@ class T5Stack(nn.Module):
         self.relative_attention_bias = Embedding(self.num_buckets, config.num_heads)
         count = config.num_decoder_layers if decoder else config.num_layers
         self.layers = nn.ModuleList(T5Layer(config, cross_attention=decoder) for _ in range(count))
-        self.final_layer_norm = nn.RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.final_norm = nn.RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def position_bias(self, queries: int, keys: int, past: int = 0) -> torch.Tensor:
@@ -181,7 +183,7 @@ class T5Stack(nn.Module):
                 x, mask, context, context_mask,
                 caches[i] if caches else None, context_kv[i] if context_kv else None,
             )  # fmt: skip
-        return self.dropout(self.final_layer_norm(x))
+        return self.dropout(self.final_norm(x))
 
 
 class T5ForConditionalGeneration(GenerationMixin, PreTrainedModel):

@@ -16,11 +16,11 @@ from blipkit.modeling.linear import computes_low_precision_slowly
 from blipkit.modeling.outputs import BaseModelOutputWithPooling
 
 VISION_KEYS = [
-    ("encoder.layers.{}.self_attn.qkv", "blocks.{}.attn.qkv"),
-    ("encoder.layers.{}.self_attn.projection", "blocks.{}.attn.o"),
-    ("encoder.layers.{}.layer_norm1", "blocks.{}.norm1"),
-    ("encoder.layers.{}.layer_norm2", "blocks.{}.norm2"),
-    ("encoder.layers.{}.mlp", "blocks.{}.mlp"),
+    ("encoder.layers.{}.self_attn.projection", "layers.{}.self_attn.o"),
+    ("encoder.layers.{}.layer_norm1", "layers.{}.self_attn_norm"),
+    ("encoder.layers.{}.layer_norm2", "layers.{}.mlp_norm"),
+    ("encoder.layers", "layers"),
+    ("post_layernorm", "final_norm"),
 ]
 
 
@@ -78,21 +78,21 @@ class VisionLayer(nn.Module):
     def __init__(self, config: BlipVisionConfig) -> None:
         super().__init__()
         dim = config.hidden_size
-        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.self_attn_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         # BLIP-2's EVA ViT may drop the qkv bias (qkv_bias=False); BLIP always has one.
-        self.attn = Attention(
+        self.self_attn = Attention(
             dim,
             config.num_attention_heads,
             fused_qkv=True,
             dropout=config.attention_dropout,
             qkv_bias=getattr(config, "qkv_bias", True),
         )
-        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = MLP(dim, config.intermediate_size, config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = residual(self.attn(self.norm1(x)), x)
-        return residual(self.mlp(self.norm2(x)), x)
+        x = residual(self.self_attn(self.self_attn_norm(x)), x)
+        return residual(self.mlp(self.mlp_norm(x)), x)
 
 
 class BlipVisionModel(PreTrainedModel):
@@ -106,8 +106,8 @@ class BlipVisionModel(PreTrainedModel):
     def __init__(self, config: BlipVisionConfig) -> None:
         super().__init__(config)
         self.embeddings = VisionEmbeddings(config)
-        self.blocks = nn.ModuleList(VisionLayer(config) for _ in range(config.num_hidden_layers))
-        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layers = nn.ModuleList(VisionLayer(config) for _ in range(config.num_hidden_layers))
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(
         self,
@@ -119,14 +119,14 @@ class BlipVisionModel(PreTrainedModel):
         x = self.embeddings(pixel_values, interpolate_pos_encoding)
         hidden_states = [x] if output_hidden_states else None
         with Workspace.reused() if not builds_graph(self, x) else nullcontext():
-            for layer in self.blocks:
+            for layer in self.layers:
                 x = layer(x)
                 if hidden_states is not None:
                     hidden_states.append(x)
-        last = self.post_layernorm(x)
+        last = self.final_norm(x)
         return BaseModelOutputWithPooling(
             last_hidden_state=last,
-            pooler_output=self.post_layernorm(last[:, 0]),
+            pooler_output=self.final_norm(last[:, 0]),
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
         )
 

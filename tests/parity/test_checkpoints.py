@@ -133,7 +133,7 @@ def test_missing_unexpected_and_mis_shaped_keys_are_named(tmp_path, caption_dir)
 def test_strict_false_initialises_missing_weights(tmp_path, caption_dir):
     _edit_checkpoint(caption_dir, tmp_path / "partial", lambda t: t.pop("vision_model.post_layernorm.weight"))
     model = blipkit.BlipForConditionalGeneration.from_pretrained(tmp_path / "partial", strict=False)
-    weight = model.vision_model.post_layernorm.weight
+    weight = model.vision_model.final_norm.weight
     assert not weight.is_meta and torch.equal(weight, torch.ones_like(weight))
     assert all(not p.is_meta for p in model.parameters())
 
@@ -211,12 +211,12 @@ def test_meta_loading_allocates_no_random_weights(caption_dir, monkeypatch):
 def test_weights_are_mapped_copy_on_write(tmp_path, caption_dir):
     """Loaded weights share the file's pages; writing to one (fine-tuning) never writes to the checkpoint."""
     model = blipkit.BlipForConditionalGeneration.from_pretrained(caption_dir)
-    weight = model.vision_model.post_layernorm.weight
+    weight = model.vision_model.final_norm.weight
     original = weight.detach().clone()
     with torch.no_grad():
         weight.add_(1.0)
     again = blipkit.BlipForConditionalGeneration.from_pretrained(caption_dir)
-    assert torch.equal(again.vision_model.post_layernorm.weight, original)
+    assert torch.equal(again.vision_model.final_norm.weight, original)
 
 
 def _write_safetensors(path, header: bytes, data: bytes = b"") -> None:
