@@ -38,8 +38,8 @@ REFUSED_ADDRESSES = {
     "unspecified": "the unspecified address",
     "link_local": "a link-local address",
     "multicast": "a multicast address",
-    "private": "a private address",
     "reserved": "a reserved address",
+    "private": "a private address",
 }
 
 
@@ -71,7 +71,10 @@ class UrlPolicy:
         host = host.lower().rstrip(".")
         if _is_address(host):
             return host in self.allowed_domains
-        return any(host == domain or host.endswith("." + domain) for domain in self.allowed_domains)
+        return any(
+            host == domain or (host.endswith("." + domain) and not _is_address(domain))
+            for domain in self.allowed_domains
+        )
 
     def connect(self, host: str, port: int, timeout: float | None, what: str) -> socket.socket:
         """A socket connected to ``host``, refused (naming ``what``, the URL) unless the host is allowed and every
@@ -129,7 +132,11 @@ def download(url: str, timeout: float = 10.0, policy: UrlPolicy | None = None) -
     operation. Without a ``policy`` (a user's own URLs) the limits come from the environment and any host is reached
     as urllib reaches it, proxies included; with one (a client's URLs), only what the policy allows, within its limits.
     """
-    if urlsplit(url).scheme not in ("http", "https"):
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as e:  # such as a "[" that opens no IPv6 address
+        raise DownloadError(f"image URL {url} is not a valid URL ({e})", "failed") from None
+    if scheme not in ("http", "https"):
         raise DownloadError(f"image URL {url}: only http and https URLs are fetched", "refused")
     if policy is None:
         max_bytes = _positive_setting("BLIPKIT_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES, int)
@@ -151,7 +158,9 @@ def download(url: str, timeout: float = 10.0, policy: UrlPolicy | None = None) -
         try:
             with opener.open(request, timeout=min(timeout, seconds)) as response:
                 data = _read_capped(response, url, max_bytes, size_setting)
-        except (OSError, http.client.HTTPException) as e:
+        except DownloadError:
+            raise
+        except (OSError, http.client.HTTPException, ValueError) as e:  # ValueError: a redirect to a malformed URL
             if not deadline.expired:
                 raise DownloadError(f"cannot download image {url}: {e}", "failed") from None
     # A connection shut down by the deadline may also look like a body that simply ended.
