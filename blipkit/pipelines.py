@@ -72,15 +72,10 @@ class ImageTextToTextPipeline(Pipeline):
             prompts = [c[1] for c in chunk]
             generated = self._run([c[0] for c in chunk], prompts, **generate_kwargs)
             for prompt, sequences in zip(prompts, generated, strict=True):
-                new = [_after_prompt(self._decoded(prompt), text) for text in sequences]
+                new = [self.loaded.written_after(prompt, text) for text in sequences]
                 full = [prompt + text for text in new] if return_full_text else new
                 results.append([{"input_text": prompt, "generated_text": text} for text in full])
         return results[0] if single else results
-
-    def _decoded(self, prompt: str) -> str:
-        """The prompt as the model's tokenizer reads it back (BLIP's lowercases it)."""
-        ids = self.processor.tokenizer(self.loaded.prompt_template.format(prompt))["input_ids"]
-        return self.processor.decode(ids, skip_special_tokens=True)
 
 
 class VisualQuestionAnsweringPipeline(Pipeline):
@@ -162,13 +157,6 @@ def pipeline(
     chosen = get_task(task)
     loaded = load(chosen, model, device=device, dtype=dtype, use_fast=use_fast, **load_kwargs)
     return globals()[chosen.pipeline](loaded, batch_size=batch_size)
-
-
-def _after_prompt(prompt: str, generated: str) -> str:
-    """``generated`` without a leading ``prompt``, found as the reference's pipeline finds it (within 2 characters
-    of the start); unchanged where the prompt is not there (T5 writes only the answer)."""
-    start = generated.find(prompt)
-    return generated[start + len(prompt) :] if 0 <= start <= 2 else generated
 
 
 def _as_list(images: Any) -> tuple[list[Any], bool]:

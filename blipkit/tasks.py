@@ -42,6 +42,15 @@ class LoadedTask:
         encoded = self.processor.encode_text(texts, with_images=True, padding=True)
         return {k: v.to(self.model.device) for k, v in encoded.items()}
 
+    def written_after(self, prompt: str, generated: str) -> str:
+        """What the model wrote after ``prompt`` in ``generated`` (a decoded output): the prompt as the tokenizer
+        reads it back (BLIP's lowercases it) is cut where the reference's pipeline finds it, within 2 characters of
+        the start; text without it (T5 writes only the answer, BLIP-2 outputs are cut already) is returned whole."""
+        ids = self.processor.tokenizer(self.prompt_template.format(prompt))["input_ids"]
+        decoded = self.processor.decode(ids, skip_special_tokens=True)
+        start = generated.find(decoded)
+        return generated[start + len(decoded) :] if 0 <= start <= 2 else generated
+
     def run(self, pixel_values: torch.Tensor, texts: list[str] | None, **options: Any) -> list[Any]:
         import torch
 

@@ -8,6 +8,7 @@ import torch
 
 from blipkit.generation import search
 from blipkit.generation.config import GenerationConfig
+from blipkit.generation.search import Generators
 
 
 class GenerationMixin:
@@ -24,7 +25,7 @@ class GenerationMixin:
         attention_mask: torch.Tensor | None,
         special_tokens: dict[str, Any],
         generate_kwargs: dict[str, Any],
-        generator: torch.Generator | None,
+        generator: Generators,
         max_positions: int | None = None,
     ) -> torch.Tensor:
         """Token ids from ``input_ids`` on (an empty prompt: from the decoder's start token). The language model's

@@ -8,7 +8,7 @@ logits processors, stopping, beams - is here, and follows the reference's ``gene
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -18,6 +18,8 @@ from blipkit.generation import logits as lp
 from blipkit.generation.cache import grown_capacity
 from blipkit.generation.config import GenerationConfig
 
+# One generator for all of a call's sampling, or one per prompt (see ``generate``); None: torch's global one.
+Generators = torch.Generator | Sequence[torch.Generator] | None
 NEG = -1.0e9  # the reference's score for "impossible" in beam search
 
 
@@ -45,11 +47,16 @@ def generate(
     attention_mask: torch.Tensor | None,
     config: GenerationConfig,
     max_positions: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Token ids (prompt included) for every prompt row: (rows * num_return_sequences, length). An empty prompt,
-    (rows, 0), is an encoder-decoder's: each row starts from ``decoder_start_token_id`` (else ``bos_token_id``)."""
+    (rows, 0), is an encoder-decoder's: each row starts from ``decoder_start_token_id`` (else ``bos_token_id``).
+
+    ``generator``: one for all the sampling, or one per prompt row - each prompt's samples then come from its own
+    generator alone, the same whatever other prompts share its batch."""
     config.validate()
+    if isinstance(generator, Sequence) and len(generator) != input_ids.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {input_ids.shape[0]} prompts: give one per prompt, or one")
     if input_ids.shape[1] == 0:
         input_ids, attention_mask = _decoder_start(input_ids, config)
     eos = _eos_tensor(config.eos_token_id, input_ids.device)
@@ -80,10 +87,7 @@ def _greedy_or_sample(decoder, ids, mask, config, process, eos, max_length, gene
     unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
     while True:
         scores = process(ids, logits.float())
-        if config.do_sample:
-            tokens = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
-        else:
-            tokens = scores.argmax(-1)
+        tokens = _draw(scores.softmax(-1), 1, generator).squeeze(1) if config.do_sample else scores.argmax(-1)
         if eos is not None:
             tokens = torch.where(unfinished, tokens, config.pad_token_id)
             unfinished &= ~torch.isin(tokens, eos)
@@ -130,7 +134,7 @@ def _beam_search(decoder, ids, mask, config, process, eos, max_length, generator
         vocab = log_probs.shape[-1]
         total = (log_probs.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, -1)
         if config.do_sample:
-            flat = torch.multinomial(total.softmax(-1), keep, generator=generator)
+            flat = _draw(total.softmax(-1), keep, generator)
             # Best first, as topk gives them: only the top `beams` candidates may finish, so a finished draw must
             # not lose its place for having been drawn late (the reference sorts the same way since 5.24).
             top_scores, order = total.gather(1, flat).sort(dim=1, descending=True)
@@ -184,6 +188,15 @@ def _beam_search(decoder, ids, mask, config, process, eos, max_length, generator
     returned = config.num_return_sequences
     sequences = finished_seqs[:, :returned].reshape(batch * returned, -1)
     return sequences[:, : prompt_length + int(finished_lengths[:, :returned].max())]
+
+
+def _draw(probs: torch.Tensor, count: int, generator: Generators) -> torch.Tensor:
+    """``count`` draws from each row of ``probs``; with one generator per prompt, each prompt's consecutive rows
+    are drawn together from its own (as a batch of that prompt alone would draw them)."""
+    if not isinstance(generator, Sequence):
+        return torch.multinomial(probs, count, generator=generator)
+    parts = probs.split(probs.shape[0] // len(generator))
+    return torch.cat([torch.multinomial(part, count, generator=g) for part, g in zip(parts, generator, strict=True)])
 
 
 def _with_room(seqs: torch.Tensor, needed: int, max_length: int, fill: int) -> torch.Tensor:

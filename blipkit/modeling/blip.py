@@ -12,6 +12,7 @@ from blipkit.checkpoint import KeyMap, under
 from blipkit.configs import BlipConfig
 from blipkit.generation.config import GenerationConfig
 from blipkit.generation.mixin import GenerationMixin
+from blipkit.generation.search import Generators
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.bert import TEXT_KEYS, BlipTextLMHeadModel, BlipTextModel
 from blipkit.modeling.outputs import (
@@ -50,7 +51,7 @@ class _TextGeneration(GenerationMixin):
         context_mask: torch.Tensor | None,
         prompt_ids: torch.Tensor,
         prompt_mask: torch.Tensor | None,
-        generator: torch.Generator | None,
+        generator: Generators,
         generate_kwargs: dict,
     ) -> torch.Tensor:
         """The text decoder's ids after ``prompt_ids``, cross-attending to ``context`` (image or question tokens)."""
@@ -223,7 +224,7 @@ class BlipForConditionalGeneration(_TextGeneration, BlipPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         **generate_kwargs,
     ) -> torch.Tensor:
         """Caption ids, prompt included, as the reference returns them.
@@ -319,7 +320,7 @@ class BlipForQuestionAnswering(_TextGeneration, _MultimodalEncoderMixin, BlipPre
         pixel_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         **generate_kwargs,
     ) -> torch.Tensor:
         """Answer ids, starting with [DEC], as the reference returns them. ``input_ids`` are the questions."""
@@ -391,10 +392,14 @@ class BlipForImageTextRetrieval(_MultimodalEncoderMixin, BlipPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
+        image_of_text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """For each image-text pair (a single image pairs with every text): the ITM head's probability that the text
-        matches and the ITC cosine similarity, both (texts,), from one pass of the ViT."""
+        """For each image-text pair (a single image pairs with every text, else text i with image i, or with image
+        ``image_of_text[i]``): the ITM head's probability that the text matches and the ITC cosine similarity, both
+        (texts,), from one pass of the ViT per image."""
         _, image_embeds, image_mask = self._image_tokens(pixel_values, interpolate_pos_encoding)
+        if image_of_text is not None:
+            image_embeds, image_mask = image_embeds[image_of_text], image_mask[image_of_text]
         question = self._encode_with_image(input_ids, attention_mask, image_embeds, image_mask)
         match = self.itm_head(question[:, 0]).float().softmax(-1)[:, 1]
         similarity = (self._image_embedding(image_embeds) * self.get_text_features(input_ids, attention_mask)).sum(-1)

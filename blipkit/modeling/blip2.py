@@ -9,6 +9,7 @@ from blipkit.checkpoint import KeyMap, under
 from blipkit.configs import Blip2Config
 from blipkit.generation.config import GenerationConfig
 from blipkit.generation.mixin import GenerationMixin
+from blipkit.generation.search import Generators
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import lm_loss
 from blipkit.modeling.opt import OPT_KEYS, OPTForCausalLM, opt_positions
@@ -166,14 +167,22 @@ class Blip2ForImageTextRetrieval(Blip2PreTrainedModel):
         return self(pixel_values, input_ids, attention_mask).logits_per_image
 
     def image_text_scores(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_of_text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """For each image-text pair (a single image pairs with every text): the ITM probability that the text
-        matches and the best query's cosine with it, both (texts,), from one pass of the ViT."""
+        """For each image-text pair (a single image pairs with every text, else text i with image i, or with image
+        ``image_of_text[i]``): the ITM probability that the text matches and the best query's cosine with it, both
+        (texts,), from one pass of the ViT per image."""
         image = self.vision_model(pixel_values).last_hidden_state
+        queries = self._image_embeddings(image)
+        if image_of_text is not None:
+            image, queries = image[image_of_text], queries[image_of_text]
         text_embeds, _ = self._text_embedding(input_ids, attention_mask)
         # (images, queries, dim) x (texts, dim) -> (texts, queries): each text against its own image's queries
-        similarity = (self._image_embeddings(image) * text_embeds[:, None]).sum(-1).max(dim=1).values
+        similarity = (queries * text_embeds[:, None]).sum(-1).max(dim=1).values
         image = image.expand(input_ids.shape[0], -1, -1)  # the ITM queries cross-attend to their pair's image
         logits, _ = self._match_logits(image, input_ids, attention_mask)
         return logits.float().softmax(-1)[:, 1], similarity.float()
@@ -330,7 +339,7 @@ class Blip2ForConditionalGeneration(GenerationMixin, _Blip2WithLanguageModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         **generate_kwargs,
     ) -> torch.Tensor:
         """OPT: ids of the prompt (image placeholders included) followed by the generated text; T5: the decoder's

@@ -15,6 +15,7 @@ from blipkit.generation import search
 from blipkit.generation.cache import KVCache
 from blipkit.generation.config import GenerationConfig
 from blipkit.generation.mixin import GenerationMixin
+from blipkit.generation.search import Generators
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import (
     Attention,
@@ -273,7 +274,7 @@ class T5ForConditionalGeneration(GenerationMixin, PreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         **generate_kwargs,
     ) -> torch.Tensor:
         """Decoder ids, starting with ``decoder_start_token_id``, for each encoder input."""

@@ -170,6 +170,31 @@ def test_sampling_with_a_generator_is_reproducible(captioner, pixels):
     assert not torch.equal(runs[0], other)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [{"top_p": 0.9, "num_return_sequences": 3}, {"num_beams": 2, "num_return_sequences": 2}, {"top_k": 5}],
+    ids=str,
+)
+def test_a_generator_per_prompt_samples_each_image_as_if_it_were_alone(captioner, pixels, settings):
+    """One generator per image: a batch's samples equal each image's own call with its own seed, in any batch."""
+    _, ours = captioner
+
+    def seeded(seeds):
+        return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    kwargs = {"do_sample": True, "max_new_tokens": 8, **settings}
+    rows = settings.get("num_return_sequences", 1)
+    batched = ours.generate(pixels, generator=seeded([11, 12, 13, 14]), **kwargs)
+    for i, seed in enumerate([11, 12, 13, 14]):
+        alone = ours.generate(pixels[i : i + 1], generator=seeded([seed])[0], **kwargs)
+        mine = batched[i * rows : (i + 1) * rows, : alone.shape[1]]
+        assert mine.tolist() == alone.tolist()
+        filler = torch.tensor([0, 102])  # [PAD] after a finished row; beam search fills with [SEP], as the reference
+        assert torch.isin(batched[i * rows : (i + 1) * rows, alone.shape[1] :], filler).all()
+    with pytest.raises(ValueError, match="3 generators for 4 prompts: give one per prompt, or one"):
+        ours.generate(pixels, generator=seeded([1, 2, 3]), **kwargs)
+
+
 def test_image_tokens_are_encoded_once_and_not_copied_per_beam(captioner, pixels, monkeypatch):
     """Cross-attention keys/values: one projection per image per layer for the whole search, never per beam."""
     _, ours = captioner
