@@ -1,4 +1,4 @@
-"""The ``blipkit`` command: caption, ask, match and info.
+"""The ``blipkit`` command: caption, ask, match, embed, serve and info.
 
 Exit codes: 0 done, 2 usage error (argparse), 1 failure - reported in one line, without a traceback - and, for a
 batch job (--out), 3 when every image it processed failed (0 if some succeeded, or if all were already done).
@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ JOB_ACTIONS = {"caption": "caption", "ask": "answer the question for", "match": 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blipkit", description="BLIP captions, answers and image-text scores.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     caption = commands.add_parser(
         "caption",
@@ -70,6 +70,54 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("images", nargs="+", metavar="INPUT", help="images, folders, globs, lists, tables or shards")
     _model_options(embed, "image-embedding")
     _job_options(embed, required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve models over HTTP, with dynamic batching",
+        description="Serve models over HTTP (captions, answers, matching, embeddings and OpenAI chat completions), "
+        "batching concurrent requests. Prints the address once ready; SIGTERM or Ctrl-C drains (requests in flight "
+        "are answered, new ones get 503) and exits 0. Needs the serve extra: pip install 'blipkit[serve]'.",
+    )
+    serve.add_argument(
+        "--model",
+        action="append",
+        metavar="ID_OR_DIR",
+        help="a model to serve, repeatable; its config says which tasks it runs (default: "
+        f"{TASKS['image-to-text'].default_model})",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (default: %(default)s; 0: a free one)")
+    serve.add_argument(
+        "--max-batch-size", type=_positive, default=8, metavar="N", help="images per model call (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--max-wait-ms",
+        type=_non_negative,
+        default=10.0,
+        metavar="MS",
+        help="longest wait for a batch to fill (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=_positive,
+        default=256,
+        metavar="N",
+        help="requests waiting before 429 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--timeout-s",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="answer within this or 504 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--decode-workers", type=_positive, default=2, metavar="N", help="image decoding threads (default: %(default)s)"
+    )
+    serve.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    serve.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights' dtype")
+    serve.add_argument("--quantize", default=None, choices=["int8"], help="store linear layers' weights as int8")
+    serve.late_options = _limit_options
 
     info = commands.add_parser(
         "info",
@@ -122,6 +170,52 @@ def _job_options(parser: argparse.ArgumentParser, required: bool = False) -> Non
             raise argparse.ArgumentTypeError(str(error)) from None
 
     group.add_argument("--ray-gpus", type=gpus_per_actor, default=0.0, help="GPUs per Ray actor (default: 0)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """A command's parser whose ``late_options`` are added only when it parses: serve's limits import the image
+    stack (torch), which no other command's ``--help`` should wait for."""
+
+    late_options: Callable[[argparse.ArgumentParser], None] | None = None
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self.late_options is not None:
+            add, self.late_options = self.late_options, None
+            add(self)
+        return super().parse_known_args(args, namespace)
+
+
+def _limit_options(parser: argparse.ArgumentParser) -> None:
+    from blipkit.serve.limits import Limits
+
+    Limits.add_arguments(parser)
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {value!r}")
+    return port
+
+
+def _non_negative(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = _non_negative(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return number
 
 
 def _positive(value: str) -> int:
@@ -292,7 +386,25 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"caption": cmd_caption, "ask": cmd_ask, "match": cmd_match, "info": cmd_info}
+def cmd_serve(args: argparse.Namespace) -> int:
+    from blipkit.serve.limits import Limits
+    from blipkit.serve.server import run
+
+    return run(
+        args.model or [TASKS["image-to-text"].default_model],
+        args.host,
+        args.port,
+        Limits.from_arguments(args),
+        {"device": args.device, "dtype": args.dtype, "quantize": args.quantize},
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout_s,
+        decode_workers=args.decode_workers,
+    )
+
+
+COMMANDS = {"caption": cmd_caption, "ask": cmd_ask, "match": cmd_match, "serve": cmd_serve, "info": cmd_info}
 
 
 def _emit(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:

@@ -118,10 +118,12 @@ class Batcher:
         self._worker.shutdown(wait=False)
 
     def _start(self) -> None:
-        # Started by the first request, on the loop that serves it (an app may be built before its loop runs).
-        if self._dispatcher is None:
+        # Started by the first request, on the loop that serves it (an app may be built before its loop runs), and
+        # again on a new loop (a test client may run each request on a loop of its own).
+        loop = asyncio.get_running_loop()
+        if self._dispatcher is None or self._dispatcher.get_loop() is not loop:
             self._wake = asyncio.Event()
-            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+            self._dispatcher = loop.create_task(self._dispatch())
 
     def _withdraw(self, request: _Request) -> None:
         queue = self._queues.get(request.key)
