@@ -405,6 +405,20 @@ class BlipForImageTextRetrieval(_MultimodalEncoderMixin, BlipPreTrainedModel):
         similarity = (self._image_embedding(image_embeds) * self.get_text_features(input_ids, attention_mask)).sum(-1)
         return match, similarity.float()
 
+    def read_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ViT pass: the image tokens the ITM head's text cross-attends to, (batch, tokens, width), and the
+        normalized ITC embeddings, (batch, dim). Retrieval keeps the tokens to re-rank many texts per image."""
+        _, image_tokens, _ = self._image_tokens(pixel_values, False)
+        return image_tokens, self._image_embedding(image_tokens)
+
+    def match_logits(
+        self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The ITM head's logits (no, yes) for text i with image tokens i (from ``read_images``): (pairs, 2), as
+        ``forward(use_itm_head=True).itm_score`` computes them from pixel values."""
+        ones = torch.ones(image_tokens.shape[:2], dtype=torch.long, device=image_tokens.device)
+        return self.itm_head(self._encode_with_image(input_ids, attention_mask, image_tokens, ones)[:, 0])
+
     def _encode_text_alone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         # Unimodal text encoding: [CLS] in the original BLIP as well, so no [ENC] swap here.
         return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

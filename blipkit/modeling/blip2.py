@@ -187,6 +187,19 @@ class Blip2ForImageTextRetrieval(Blip2PreTrainedModel):
         logits, _ = self._match_logits(image, input_ids, attention_mask)
         return logits.float().softmax(-1)[:, 1], similarity.float()
 
+    def read_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ViT pass: the image tokens the ITM queries cross-attend to, (batch, tokens, width), and the normalized
+        query embeddings, (batch, queries, dim). Retrieval keeps the tokens to re-rank many texts per image."""
+        image = self.vision_model(pixel_values).last_hidden_state
+        return image, self._image_embeddings(image)
+
+    def match_logits(
+        self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The ITM logits (no, yes), averaged over the queries, for text i with image tokens i (from
+        ``read_images``): (pairs, 2), as ``forward(use_image_text_matching_head=True)`` computes them."""
+        return self._match_logits(image_tokens, input_ids, attention_mask)[0]
+
     def _match_logits(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         """ITM logits averaged over the queries, (batch, 2), and the Q-Former's output for queries and text."""
         n = self.config.num_query_tokens
