@@ -11,14 +11,14 @@ import math
 from collections.abc import Iterator
 
 from blipkit.jobs.sources import Item
-from blipkit.jobs.workers import Worker, WorkerSpec
+from blipkit.jobs.workers import JobSpec
 
 
 class _ActorWorker:
     """Ray instantiates this once per actor: the model loads once and serves every batch sent to that actor."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
-        self.worker = Worker(spec)
+    def __init__(self, spec: JobSpec) -> None:
+        self.worker = spec.make_worker()
 
     def __call__(self, batch: dict) -> dict:
         columns = zip(batch["id"], batch["image"], batch["text"], batch["error"], strict=True)
@@ -39,7 +39,7 @@ def check_gpus_per_actor(gpus: float) -> float:
 
 
 def run_on_ray(
-    spec: WorkerSpec,
+    spec: JobSpec,
     pending: list[Item],
     batch_size: int,
     address: str | None,

@@ -15,9 +15,9 @@ from typing import Any
 from blipkit.jobs import provenance
 from blipkit.jobs.lock import exclusive
 from blipkit.jobs.ray_engine import check_gpus_per_actor, run_on_ray
-from blipkit.jobs.sinks import check_format, make_parent, open_sink
-from blipkit.jobs.sources import Item, iter_items
-from blipkit.jobs.workers import Worker, WorkerSpec
+from blipkit.jobs.sinks import make_parent
+from blipkit.jobs.sources import Item, input_list, iter_items
+from blipkit.jobs.workers import JobSpec, WorkerSpec
 
 
 @dataclass(frozen=True)
@@ -65,20 +65,40 @@ def run(
     from blipkit.devices import check_device
 
     check_device(device)  # an unknown or absent device fails here, before the output file is created
+    spec = WorkerSpec(task, model, dtype, device, question, text, prompt, generate_kwargs, quantize=quantize)
+    return execute(spec, inputs, out, batch_size, workers, engine, ray_address, ray_actors, ray_gpus_per_actor,
+                   overwrite, progress)  # fmt: skip
+
+
+def execute(
+    spec: JobSpec,
+    inputs: str | os.PathLike | list[str | os.PathLike],
+    out: str | os.PathLike,
+    batch_size: int = 8,
+    workers: int = 2,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int = 1,
+    ray_gpus_per_actor: float = 0.0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> JobSummary:
+    """Run the job ``spec`` over ``inputs`` into ``out``: locked, its settings recorded and checked on resume,
+    the images ``out`` already has skipped, batches written as they finish."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     check_gpus_per_actor(ray_gpus_per_actor)
-    spec = WorkerSpec(task, model, dtype, device, question, text, prompt, generate_kwargs, quantize=quantize)
+    task = spec.task
     out = Path(out)
-    check_format(out, task)
+    spec.check_output(out)
     started = time.perf_counter()
-    items = list(iter_items([str(i) for i in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]))
+    items = list(iter_items(input_list(inputs)))
     make_parent(out)
     with exclusive(out):
         provenance.claim(out, spec.settings(), overwrite)
-        sink = open_sink(out, spec.fields)
+        sink = spec.open_sink(out)
         complete = False
         counts = {"ok": 0, "failed": 0}
         try:
@@ -105,11 +125,11 @@ def run(
     return summary
 
 
-def _run_locally(spec: WorkerSpec, pending: list[Item], batch_size: int, workers: int) -> Iterator[list[dict]]:
+def _run_locally(spec: JobSpec, pending: list[Item], batch_size: int, workers: int) -> Iterator[list[dict]]:
     """Decode and preprocess up to ``workers`` batches ahead in threads while the model runs on the current one."""
     if not pending:
         return
-    worker = Worker(spec)
+    worker = spec.make_worker()
     chunks = (pending[i : i + batch_size] for i in range(0, len(pending), batch_size))
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="blipkit-decode") as pool:
         ahead: deque[Future] = deque()

@@ -52,13 +52,11 @@ def journal_path(path: Path) -> Path:
 
 
 def output_files(path: Path) -> list[Path]:
-    """The files that hold ``path``'s rows: the output, and for Parquet and .npy the journal (and .npy's index)."""
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
+    """The files that hold ``path``'s rows: the output, its journal (Parquet, .npy and grouped outputs write one),
+    and .npy's index."""
+    if path.suffix.lower() == ".npy":
         return [path, NpySink.index_path_of(path), journal_path(path)]
-    if suffix == ".parquet":
-        return [path, journal_path(path)]
-    return [path]
+    return [path, journal_path(path)]
 
 
 class JsonlSink:
@@ -124,11 +122,15 @@ class JournalSink:
         self.journal.close(complete)
         if not complete:
             return  # the journal stays; the next run picks it up
-        rows = self._final + self.journal.records()
+        rows = self._final + self.final_rows(self.journal.records())
         temporary = self.path.with_name(self.path.name + ".tmp")
         self.write_final(rows, temporary)
         os.replace(temporary, self.path)
         self.journal.path.unlink()
+
+    def final_rows(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The final file's rows for the journal's records: the same, unless records are groups of rows."""
+        return records
 
     def read_final(self) -> list[dict[str, Any]]:
         raise NotImplementedError
@@ -139,14 +141,7 @@ class JournalSink:
 
 class ParquetSink(JournalSink):
     def read_final(self) -> list[dict[str, Any]]:
-        pa = require_pyarrow()
-        try:
-            table = pa.parquet.read_table(self.path)
-        except (pa.ArrowException, OSError) as error:
-            raise OutputError(f"{self.path} is not a Parquet file ({first_line(error)}); {START_AFRESH}") from None
-        if "id" not in table.column_names:
-            raise OutputError(f"{self.path} has no 'id' column, so it is not a job's output; {START_AFRESH}")
-        return table.to_pylist()
+        return read_parquet_rows(self.path)
 
     def write_final(self, rows: list[dict[str, Any]], path: Path) -> None:
         pa = require_pyarrow()
@@ -190,6 +185,94 @@ class NpySink(JournalSink):
         temporary = self.index_path.with_name(self.index_path.name + ".tmp")
         temporary.write_text("".join(index), encoding="utf-8")
         os.replace(temporary, self.index_path)
+
+
+class GroupedRows:
+    """For jobs that give each image several rows (CapFilt: one per caption): the journal keeps one record per
+    image, its rows under ``rows``, so an image is written whole or not at all and a resume never finds half of
+    one; the final file has a row each, the image's ``id``, ``status`` and ``error`` on every one."""
+
+    fields: tuple[str, ...]
+
+    def final_rows(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        blank = dict.fromkeys(self.fields[3:])  # a failed image: one row, its columns empty
+        return [
+            {"id": record["id"], "status": record["status"], "error": record["error"], **blank, **row}
+            for record in records
+            for row in record.get("rows") or [{}]
+        ]
+
+
+class GroupedJsonlSink(GroupedRows, JournalSink):
+    def __init__(self, path: Path, fields: tuple[str, ...]) -> None:
+        self.fields = fields
+        super().__init__(path)
+
+    def read_final(self) -> list[dict[str, Any]]:
+        return read_jsonl_rows(self.path)
+
+    def write_final(self, rows: list[dict[str, Any]], path: Path) -> None:
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+class GroupedCsvSink(GroupedRows, JournalSink):
+    def __init__(self, path: Path, fields: tuple[str, ...]) -> None:
+        self.fields = fields
+        super().__init__(path)
+
+    def read_final(self) -> list[dict[str, Any]]:
+        return read_csv_rows(self.path, self.fields)
+
+    def write_final(self, rows: list[dict[str, Any]], path: Path) -> None:
+        with path.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class GroupedParquetSink(GroupedRows, ParquetSink):
+    def __init__(self, path: Path, fields: tuple[str, ...]) -> None:
+        self.fields = fields
+        super().__init__(path)
+
+
+def open_grouped_sink(path: Path, fields: tuple[str, ...]) -> JournalSink:
+    """The sink for a job whose records are groups of rows (``GroupedRows``), by ``path``'s format."""
+    sinks = {".jsonl": GroupedJsonlSink, ".csv": GroupedCsvSink, ".parquet": GroupedParquetSink}
+    return sinks[path.suffix.lower()](path, fields)
+
+
+def read_rows(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The rows of a finished output in any row format (CSV's cells read back as strings)."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return read_csv_rows(path, fields)
+    return read_parquet_rows(path) if suffix == ".parquet" else read_jsonl_rows(path)
+
+
+def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    return _parse_records(path, _read_complete_lines(path))
+
+
+def read_csv_rows(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    lines = _read_complete_lines(path)
+    _csv_ids(path, lines, fields)  # refuses another table's columns
+    return list(csv.DictReader(lines))
+
+
+def read_parquet_rows(path: Path) -> list[dict[str, Any]]:
+    pa = require_pyarrow()
+    try:
+        table = pa.parquet.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise OutputError(f"{path} is not a Parquet file ({first_line(error)}); {START_AFRESH}") from None
+    if "id" not in table.column_names:
+        raise OutputError(f"{path} has no 'id' column, so it is not a job's output; {START_AFRESH}")
+    return table.to_pylist()
+
+
+# What a job writes its records to.
+Sink = JsonlSink | CsvSink | JournalSink
 
 
 def open_sink(path: Path, fields: tuple[str, ...]) -> JsonlSink | CsvSink | JournalSink:

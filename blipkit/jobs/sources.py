@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ class Item:
 
 class SourceError(ValueError):
     """An input that names no images, or a table without an image column."""
+
+
+def input_list(inputs: str | os.PathLike | list[str | os.PathLike]) -> list[str]:
+    """A job's ``inputs`` argument (one input, or a list of them) as a list of strings."""
+    return [str(i) for i in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
 
 
 def iter_items(inputs: list[str]) -> Iterator[Item]:

@@ -8,14 +8,41 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
+from blipkit.jobs.sinks import Sink, check_format, open_sink
 from blipkit.jobs.sources import Item
 from blipkit.modeling.base import check_dtype
 from blipkit.modeling.quantize import check_method
 from blipkit.tasks import Task, load, task_for_command
+
+
+class JobWorker(Protocol):
+    """Runs a job on batches: ``prepare`` (decoding; in background threads) then ``infer`` (the models)."""
+
+    def prepare(self, items: list[Item]) -> Any: ...
+
+    def infer(self, prepared: Any) -> list[dict[str, Any]]: ...
+
+    def process(self, items: list[Item]) -> list[dict[str, Any]]: ...
+
+
+class JobSpec(Protocol):
+    """What the runner and the Ray engine need of a job: its name and settings, where its rows may go, and a
+    worker (built where the models run: in the process, or once per Ray actor)."""
+
+    task: str
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def check_output(self, out: Path) -> None: ...
+
+    def open_sink(self, out: Path) -> Sink: ...
+
+    def make_worker(self) -> JobWorker: ...
 
 
 @dataclass(frozen=True)
@@ -41,6 +68,15 @@ class WorkerSpec:
             check_dtype(self.dtype)
         if self.quantize is not None:
             check_method(self.quantize)
+
+    def make_worker(self) -> Worker:
+        return Worker(self)
+
+    def check_output(self, out: Path) -> None:
+        check_format(out, self.task)
+
+    def open_sink(self, out: Path) -> Sink:
+        return open_sink(out, self.fields)
 
     @property
     def runs(self) -> Task:
@@ -89,15 +125,15 @@ class Worker:
         for item in items:
             text = self._text(item)
             if item.error:
-                failed.append(self._failure(item, item.error))
+                failed.append(failure(item, item.error))
                 continue
             if self.spec.task == "match" and not text:
-                failed.append(self._failure(item, "no text to match: the source has no caption and no --text"))
+                failed.append(failure(item, "no text to match: the source has no caption and no --text"))
                 continue
             try:
                 arrays.append(self.processor.image_processor(item.image)["pixel_values"])
             except Exception as error:  # a bad image is a failed row; the job goes on
-                failed.append(self._failure(item, str(error)))
+                failed.append(failure(item, str(error)))
                 continue
             good.append(item)
             texts.append(text)
@@ -124,6 +160,7 @@ class Worker:
         fixed = {"caption": self.spec.prompt, "ask": self.spec.question, "embed": None}
         return fixed.get(self.spec.task, self.spec.text or item.text)
 
-    @staticmethod
-    def _failure(item: Item, reason: str) -> dict[str, Any]:
-        return {"id": item.id, "status": "failed", "error": " ".join(reason.split())}
+
+def failure(item: Item, reason: str) -> dict[str, Any]:
+    """The failed row of an image that could not be read or run, saying why on one line."""
+    return {"id": item.id, "status": "failed", "error": " ".join(reason.split())}
