@@ -17,7 +17,7 @@ from blipkit.serve.batcher import QueueFull
 from blipkit.serve.bodies import openapi_body, read_body
 from blipkit.serve.limits import BodySizeLimit, RequestRefused
 from blipkit.serve.metrics import CONTENT_TYPE
-from blipkit.serve.models import ModelNotFound
+from blipkit.serve.models import ModelNotFound, ServedModel, presented
 from blipkit.serve.schemas import CaptionRequest, EmbeddingsRequest, MatchRequest, VqaRequest
 from blipkit.serve.service import Service, Timeout
 
@@ -29,7 +29,6 @@ ALWAYS_ANSWERED = ("/health", "/ready", "/metrics")  # answered while draining t
 def create_app(service: Service) -> FastAPI:
     """The app over ``service``; its limits' body size is counted on the stream before any route reads it."""
     app = FastAPI(title="blipkit", summary="BLIP and BLIP-2 captions, answers, scores and embeddings over HTTP.")
-    app.state.service = service
     _errors(app)
 
     @app.get("/health")
@@ -57,7 +56,7 @@ def create_app(service: Service) -> FastAPI:
         texts = None if body.prompt is None else [body.prompt] * len(body.images)
         service.check_texts(texts or [], "prompt")
         generated = await service.generate(served, "image-to-text", body.images, texts, body)
-        return {"model": served.name, "results": _texts(served.tasks["image-to-text"].task, generated, texts)}
+        return {"model": served.name, "results": _records(served, "image-to-text", generated, texts, "captions")}
 
     @app.post("/v1/vqa", openapi_extra=openapi_body(VqaRequest))
     async def vqa(request: Request) -> dict[str, Any]:
@@ -68,7 +67,7 @@ def create_app(service: Service) -> FastAPI:
         service.check_texts(questions, "question")
         task = "visual-question-answering"
         generated = await service.generate(served, task, body.images, questions, body)
-        return {"model": served.name, "results": _texts(served.tasks[task].task, generated, questions)}
+        return {"model": served.name, "results": _records(served, task, generated, questions, "answers")}
 
     @app.post("/v1/match", openapi_extra=openapi_body(MatchRequest))
     async def match(request: Request) -> dict[str, Any]:
@@ -94,21 +93,24 @@ def create_app(service: Service) -> FastAPI:
 
     app.include_router(openai_api.router(service))
     app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_body_bytes)
-    app.add_middleware(Accounting, service=service)  # outermost: counts and times the size limit's refusals too
+    # Outermost: counts and times the size limit's refusals too.
+    app.add_middleware(Accounting, service=service, paths=frozenset(app.openapi()["paths"]))
     return app
 
 
-def _texts(task, generated: list[list[str]], texts: list[str] | None) -> list[dict[str, Any]]:
-    """Each image's record as the task's batch jobs write it (``caption``; ``question`` and ``answer``), and
-    every sequence when several were asked for (``captions`` / ``answers``)."""
-    results = []
+def _records(
+    served: ServedModel, task: str, generated: list[list[str]], texts: list[str] | None, every: str
+) -> list[dict[str, Any]]:
+    """Each image's record as the task's batch jobs write it (``caption``; ``question`` and ``answer``), with
+    ``every`` sequence when several were asked for."""
+    registered = served.tasks[task].task
+    records = []
     for sequences, text in zip(generated, texts or [None] * len(generated), strict=True):
-        row = task.record(sequences, text)
+        record = registered.record(sequences, text)
         if len(sequences) > 1:
-            (field,) = set(row) - {"question"}
-            row[field + "s"] = [next(iter(p.values())) for p in task.present(sequences, text)]
-        results.append(row)
-    return results
+            record[every] = presented(registered, sequences, text)
+        records.append(record)
+    return records
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -152,15 +154,15 @@ class Accounting:
     """Pure ASGI middleware: counts requests in flight and by route and status with their latency, answers 503
     while draining, turns the deadline into 504 and anything unexpected into a logged 500."""
 
-    def __init__(self, app: Any, service: Service) -> None:
+    def __init__(self, app: Any, service: Service, paths: frozenset[str]) -> None:
         self.app = app
         self.service = service
+        self.paths = paths  # the app's routes: metrics label requests by these, and "other" for the rest
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        route = path if path in ROUTES_COUNTED else "other"  # bounded label values
         started, status = time.perf_counter(), 0
         service = self.service
 
@@ -187,9 +189,6 @@ class Accounting:
                 await fail(500, "internal_error", "the server failed; see its log")
         finally:
             service.in_flight -= 1
+            # The route's template where the router got to it (not when the body size refused it first).
+            route = getattr(scope.get("route"), "path", None) or (path if path in self.paths else "other")
             service.metrics.request(route, status or 500, time.perf_counter() - started)
-
-
-ROUTES_COUNTED = frozenset(
-    [*ALWAYS_ANSWERED, "/v1/caption", "/v1/vqa", "/v1/match", "/v1/embeddings", "/v1/chat/completions", "/v1/models"]
-)

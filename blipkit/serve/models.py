@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from blipkit.hub import ModelFiles, read_json
-from blipkit.tasks import TASKS, LoadedTask, checkpoint_model_type, load
+from blipkit.tasks import TASKS, LoadedTask, Task, checkpoint_model_type, load
 
 # Each route and the tasks it runs, in order of preference: a chat message is the question for a model that
 # answers questions (BLIP VQA, BLIP-2), else the prompt a caption continues.
@@ -65,6 +65,11 @@ class ServedModel:
     @property
     def routes(self) -> list[str]:
         return [route for route in ROUTES if self.serves(route)]
+
+
+def presented(task: Task, sequences: list[str], text: str | None) -> list[str]:
+    """Generated sequences as the task's pipeline presents them (stripped)."""
+    return [next(iter(row.values())) for row in task.present(sequences, text)]
 
 
 def load_model(source: str | os.PathLike, **load_kwargs: Any) -> ServedModel:
@@ -125,7 +130,7 @@ class Models:
         """One model call for a batch (the batcher's ``run``): one result per item, as the task's run gives it."""
         loaded = self.by_name[key.model].tasks[key.task]
         if key.task == "image-text-matching":
-            # One image against its texts, as pipeline() scores them: the ViT runs once for all of them.
+            # One image against a group of texts, as pipeline() scores them: the ViT once for the group.
             return [loaded.run(item.pixels[None], list(item.text)) for item in items]
         pixels = None if items[0].pixels is None else torch.stack([item.pixels for item in items])
         texts = None if items[0].text is None else [item.text for item in items]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blipkit.serve.bodies import openapi_body, read_body
 from blipkit.serve.limits import RequestRefused
-from blipkit.serve.models import ModelNotFound, ServedModel
+from blipkit.serve.models import ModelNotFound, ServedModel, presented
 from blipkit.serve.schemas import MAX_BEAMS, MAX_NEW_TOKENS, Generation
 from blipkit.serve.service import Service
 
@@ -87,7 +87,7 @@ def router(service: Service) -> APIRouter:
         (sequences,) = await service.generate(served, task, [image], texts, settings)
         # Greedy search has one answer: n copies of it, as n choices.
         sequences = sequences * body.n if len(sequences) == 1 else sequences
-        answers = [next(iter(p.values())) for p in served.tasks[task].task.present(sequences, text)]
+        answers = presented(served.tasks[task].task, sequences, text)
         completion = _completion(served, task, text, answers, settings.max_new_tokens)
         if body.stream:
             return StreamingResponse(_chunks(completion), media_type="text/event-stream")

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validat
 
 MAX_NEW_TOKENS = 512
 MAX_BEAMS = 16
+MAX_TEXTS = 1024  # per request, to match or embed (each text is also held to --max-text-chars)
 
 # A JSON image is base64 or a data: URL (an http(s) URL where the server allows its domain); a multipart upload
 # arrives as its bytes.
@@ -70,12 +71,12 @@ class VqaRequest(Generation):
 
 class MatchRequest(Body):
     image: ImageRef
-    texts: list[str] = Field(min_length=1)
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS)
 
 
 class EmbeddingsRequest(Body):
     images: list[ImageRef] | None = Field(None, min_length=1)
-    texts: list[str] | None = Field(None, min_length=1)
+    texts: list[str] | None = Field(None, min_length=1, max_length=MAX_TEXTS)
 
     @model_validator(mode="after")
     def _something_to_embed(self) -> EmbeddingsRequest:

@@ -57,10 +57,6 @@ class Service:
         self.draining = False  # set on SIGTERM/SIGINT: new requests get 503 while these finish
         self.metrics = Metrics(lambda: self.batcher.depth, lambda: self.in_flight)
 
-    @property
-    def ready(self) -> bool:
-        return not self.draining
-
     async def within_deadline(self, work: Awaitable[T]) -> T:
         """``work``'s result, or ``Timeout`` after ``timeout_s`` - its queued items then leave the batch queue."""
         try:
@@ -116,12 +112,14 @@ class Service:
         return torch.Generator(loaded.model.device).manual_seed(seed)
 
     async def match(self, served: ServedModel, source: str | bytes, texts: Sequence[str]) -> list[tuple[float, float]]:
-        """(ITM probability, ITC cosine) of each text with the image."""
+        """(ITM probability, ITC cosine) of each text with the image: the texts in groups of ``max_batch_size``, as
+        pipeline(batch_size=max_batch_size) scores them, each group one item of the batch."""
         loaded = served.tasks["image-text-matching"]
         (pixels,) = await self.pixels(loaded, [source])
-        key = BatchKey(served.name, loaded.task.name)
-        (scores,) = await self._submit(key, [Item(pixels, tuple(texts))])
-        return scores
+        size = self.batcher.max_batch_size
+        items = [Item(pixels, tuple(texts[start : start + size])) for start in range(0, len(texts), size)]
+        groups = await self._submit(BatchKey(served.name, loaded.task.name), items)
+        return [scores for group in groups for scores in group]
 
     async def embed(
         self, served: ServedModel, sources: Sequence[str | bytes] | None, texts: Sequence[str] | None

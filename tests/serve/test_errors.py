@@ -104,6 +104,8 @@ def test_limits_are_applied(send, make_service, images):
     assert "--max-images" in error(too_many, 413)["message"]
     assert "--max-body-bytes" in error(too_big, 413)["message"]
     assert "--max-text-chars" in error(too_long, 422)["message"]
+    # Counted by route, the body refused before the router read it included.
+    assert 'blipkit_requests_total{route="/v1/caption",status="413"} 2' in service.metrics.render()
 
 
 def test_chat_messages_need_one_image(send, images, model_dirs):

@@ -71,10 +71,11 @@ def test_vqa_equals_the_pipeline(send, images, model_dirs, pipelines, name):
 
 
 @pytest.mark.parametrize("name", ["itm", "blip2-itm"])
-def test_match_equals_the_pipeline(send, images, model_dirs, pipelines, name):
+def test_match_equals_the_pipeline(send, make_service, images, model_dirs, name):
     texts = ["a cat on a blanket", "a rocket", "coffee"]
-    (response,) = send(post("/v1/match", {"model": str(model_dirs[name]), "image": images[1], "texts": texts}))
-    expected = pipelines("image-text-matching", name)(PATHS[1], texts)
+    body = {"model": str(model_dirs[name]), "image": images[1], "texts": texts}
+    (response,) = send(post("/v1/match", body), service=make_service(max_batch_size=2))
+    expected = blipkit.pipeline("image-text-matching", model=model_dirs[name], batch_size=2)(PATHS[1], texts)
     assert response.json()["results"] == [
         {"text": row["text"], "itm": row["score"], "itc": row["similarity"]} for row in expected
     ]
