@@ -1,4 +1,4 @@
-"""The ``blipkit`` command: caption, ask, match, embed, serve and info.
+"""The ``blipkit`` command: caption, ask, match, embed, capfilt, serve and info.
 
 Exit codes: 0 done, 2 usage error (argparse), 1 failure - reported in one line, without a traceback - and, for a
 batch job (--out), 3 when every image it processed failed (0 if some succeeded, or if all were already done).
@@ -26,6 +26,7 @@ COLLECTION_SUFFIXES = {
     ".tar": "a webdataset shard",
 }
 JOB_ACTIONS = {"caption": "caption", "ask": "answer the question for", "match": "score"}
+JOB_COMMANDS = ("caption", "ask", "match", "embed")  # with --out, run through jobs.run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +71,32 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("images", nargs="+", metavar="INPUT", help="images, folders, globs, lists, tables or shards")
     _model_options(embed, "image-embedding")
     _job_options(embed, required=True)
+
+    capfilt = commands.add_parser(
+        "capfilt",
+        help="bootstrap a clean captioned data set from noisy web pairs (BLIP's CapFilt)",
+        description="For every image: synthetic captions by nucleus sampling, each caption (and the web caption from a "
+        "caption/text column or a shard's .txt) scored by the filter's ITM head and ITC, and kept or removed. A "
+        "resumable job; --out DIR/ writes the kept pairs as webdataset shards.",
+    )
+    capfilt.add_argument("images", nargs="+", metavar="INPUT", help="images, folders, globs, lists, tables or shards")
+    capfilt.add_argument("--captioner", default=TASKS["image-to-text"].default_model, help="captioning model")
+    capfilt.add_argument("--filter", default=TASKS["image-text-matching"].default_model, help="ITM model")
+    capfilt.add_argument("--captions-per-image", type=_count, default=1, help="synthetic captions (default: 1)")
+    capfilt.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling's p (default: %(default)s)")
+    capfilt.add_argument("--max-new-tokens", type=_positive, default=30, help="longest caption (default: 30)")
+    capfilt.add_argument("--prompt", default="a picture of ", help="text captions continue (default: %(default)r)")
+    capfilt.add_argument(
+        "--keep", choices=["itm", "threshold", "top"], default="itm",
+        help="itm: the ITM head says match (p > 0.5, the paper's rule); threshold: p > --threshold; top: the "
+        "--top-k best captions of each image by ITM",
+    )  # fmt: skip
+    capfilt.add_argument("--threshold", type=float, default=0.5, help="with --keep threshold (default: 0.5)")
+    capfilt.add_argument("--top-k", type=_positive, default=1, help="with --keep top (default: 1)")
+    capfilt.add_argument("--seed", type=int, default=0, help="sampling seed; with the image id it fixes each caption")
+    capfilt.add_argument("--report", help="also write a self-contained HTML report here")
+    _runtime_options(capfilt)
+    _job_options(capfilt, required=True)
 
     serve = commands.add_parser(
         "serve",
@@ -137,11 +164,15 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
 
 def _model_options(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--model", default=TASKS[task].default_model, help="Hub id or directory (default: %(default)s)")
+    _runtime_options(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+
+
+def _runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights' dtype")
     parser.add_argument("--quantize", default=None, choices=["int8"], help="store linear layers' weights as int8")
     parser.add_argument("--batch-size", type=_positive, default=8, help="images per batch (default: %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
 
 
 def _job_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -218,6 +249,16 @@ def _seconds(value: str) -> float:
     return number
 
 
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {value!r}")
+    return number
+
+
 def _positive(value: str) -> int:
     try:
         number = int(value)
@@ -240,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # huggingface_hub logs every retry of an unreachable Hub to stderr; a failure here is reported in one line.
     os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     try:
-        if getattr(args, "out", None):
+        if getattr(args, "out", None) and args.command in JOB_COMMANDS:
             return run_job(args)
         if args.command in JOB_ACTIONS:
             _refuse_collections(args)
@@ -351,8 +392,27 @@ def run_job(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         **options,
     )
-    if summary.all_failed:  # exit code 3: a job that wrote rows, none of them a result
-        print(f"blipkit: error: every image failed; the reasons are in the error column of {args.out}", file=sys.stderr)
+    return _job_status(summary, args.out)
+
+
+def cmd_capfilt(args: argparse.Namespace) -> int:
+    from blipkit import jobs
+
+    summary = jobs.capfilt(
+        args.images, args.out, captioner=args.captioner, filter=args.filter,
+        captions_per_image=args.captions_per_image, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+        prompt=args.prompt, keep=args.keep, threshold=args.threshold, top_k=args.top_k, seed=args.seed,
+        report=args.report, batch_size=args.batch_size, dtype=args.dtype, quantize=args.quantize, device=args.device,
+        workers=args.workers, engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
+        ray_gpus_per_actor=args.ray_gpus, overwrite=args.overwrite,
+    )  # fmt: skip
+    return _job_status(summary, args.out)
+
+
+def _job_status(summary, out: str) -> int:
+    """Exit code 3 for a job that wrote rows, none of them a result (saying where the reasons are), else 0."""
+    if summary.all_failed:
+        print(f"blipkit: error: every image failed; the reasons are in the error column of {out}", file=sys.stderr)
         return 3
     return 0
 
@@ -404,7 +464,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
-COMMANDS = {"caption": cmd_caption, "ask": cmd_ask, "match": cmd_match, "serve": cmd_serve, "info": cmd_info}
+COMMANDS = {
+    "caption": cmd_caption, "ask": cmd_ask, "match": cmd_match, "capfilt": cmd_capfilt, "serve": cmd_serve,
+    "info": cmd_info,
+}  # fmt: skip
 
 
 def _emit(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:

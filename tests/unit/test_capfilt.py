@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from blipkit import jobs
 from blipkit.jobs.bootstrapping import CapFiltWorker, image_generator
 from tests.conftest import IMAGES
 
+BLIPKIT = Path(sys.executable).parent / "blipkit"
 SETTINGS = {"captions_per_image": 2, "max_new_tokens": 6, "seed": 3}
 WEB = ["a cat lying on a blanket", "an astronaut in space", "", "a cup of coffee"]
 
@@ -170,22 +172,21 @@ def test_bad_settings_are_refused_before_any_work(models, table, tmp_path):
     assert not list(tmp_path.glob("a.*"))
 
 
-def test_ray_with_two_actors_equals_the_local_run(models, table, tmp_path):
+def test_the_command_on_ray_with_two_actors_equals_the_local_run(models, table, tmp_path):
     pytest.importorskip("ray", reason="Ray is the 'ray' extra (part of the 'test' extra)")
     local = tmp_path / "local.jsonl"
     capfilt(models, table, local, batch_size=2)
     env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("BLIPKIT_DEBUG", None)
     on_ray = tmp_path / "ray.jsonl"
-    script = (
-        "import sys; from blipkit import jobs; "
-        "jobs.capfilt(sys.argv[1], sys.argv[2], captioner=sys.argv[3], filter=sys.argv[4], captions_per_image=2, "
-        "max_new_tokens=6, seed=3, batch_size=1, engine='ray', ray_actors=2, progress=False)"
-    )
-    args = [str(table), str(on_ray), str(models / "caption"), str(models / "itm")]
-    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=600,
-                            env=env)  # fmt: skip
+    command = [str(BLIPKIT), "capfilt", str(table), "--out", str(on_ray), "--captioner", str(models / "caption"),
+               "--filter", str(models / "itm"), "--captions-per-image", "2", "--max-new-tokens", "6", "--seed", "3",
+               "--batch-size", "1", "--engine", "ray", "--ray-actors", "2"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert_rows_equal(sorted(rows_of(on_ray), key=lambda r: r["id"]), sorted(rows_of(local), key=lambda r: r["id"]))
+    again = subprocess.run(command[:-4], capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and "skipped 5" in again.stderr  # a rerun resumes: nothing left to do
 
 
 class _Tags(HTMLParser):
