@@ -22,7 +22,10 @@ def load_matcher(model: str | os.PathLike, device: Any = None, dtype: Any = None
     """The retrieval model (BLIP or BLIP-2, by the checkpoint) that embeds queries and re-ranks candidates."""
     if checkpoint_model_type(model) == "blip":
         options.setdefault("use_enc_token", True)
-    return load(TASKS["image-text-matching"], model, device=device, dtype=dtype, **options)
+    loaded = load(TASKS["image-text-matching"], model, device=device, dtype=dtype, **options)
+    # The text encoders number positions from the first token: padding after a text leaves it as it reads alone.
+    loaded.processor.tokenizer.padding_side = "right"
+    return loaded
 
 
 def text_tokens(loaded: LoadedTask, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
