@@ -397,18 +397,19 @@ class BlipForImageTextRetrieval(_MultimodalEncoderMixin, BlipPreTrainedModel):
         """For each image-text pair (a single image pairs with every text, else text i with image i, or with image
         ``image_of_text[i]``): the ITM head's probability that the text matches and the ITC cosine similarity, both
         (texts,), from one pass of the ViT per image."""
-        _, image_embeds, image_mask = self._image_tokens(pixel_values, interpolate_pos_encoding)
+        image_tokens, image_embeds = self.read_images(pixel_values, interpolate_pos_encoding)
         if image_of_text is not None:
-            image_embeds, image_mask = image_embeds[image_of_text], image_mask[image_of_text]
-        question = self._encode_with_image(input_ids, attention_mask, image_embeds, image_mask)
-        match = self.itm_head(question[:, 0]).float().softmax(-1)[:, 1]
-        similarity = (self._image_embedding(image_embeds) * self.get_text_features(input_ids, attention_mask)).sum(-1)
+            image_tokens, image_embeds = image_tokens[image_of_text], image_embeds[image_of_text]
+        match = self.match_logits(image_tokens, input_ids, attention_mask).float().softmax(-1)[:, 1]
+        similarity = (image_embeds * self.get_text_features(input_ids, attention_mask)).sum(-1)
         return match, similarity.float()
 
-    def read_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_images(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One ViT pass: the image tokens the ITM head's text cross-attends to, (batch, tokens, width), and the
         normalized ITC embeddings, (batch, dim). Retrieval keeps the tokens to re-rank many texts per image."""
-        _, image_tokens, _ = self._image_tokens(pixel_values, False)
+        _, image_tokens, _ = self._image_tokens(pixel_values, interpolate_pos_encoding)
         return image_tokens, self._image_embedding(image_tokens)
 
     def match_logits(

@@ -176,16 +176,14 @@ class Blip2ForImageTextRetrieval(Blip2PreTrainedModel):
         """For each image-text pair (a single image pairs with every text, else text i with image i, or with image
         ``image_of_text[i]``): the ITM probability that the text matches and the best query's cosine with it, both
         (texts,), from one pass of the ViT per image."""
-        image = self.vision_model(pixel_values).last_hidden_state
-        queries = self._image_embeddings(image)
+        image, queries = self.read_images(pixel_values)
         if image_of_text is not None:
             image, queries = image[image_of_text], queries[image_of_text]
-        text_embeds, _ = self._text_embedding(input_ids, attention_mask)
         # (images, queries, dim) x (texts, dim) -> (texts, queries): each text against its own image's queries
-        similarity = (queries * text_embeds[:, None]).sum(-1).max(dim=1).values
+        similarity = (queries * self.get_text_features(input_ids, attention_mask)[:, None]).sum(-1).max(dim=1).values
         image = image.expand(input_ids.shape[0], -1, -1)  # the ITM queries cross-attend to their pair's image
-        logits, _ = self._match_logits(image, input_ids, attention_mask)
-        return logits.float().softmax(-1)[:, 1], similarity.float()
+        match = self.match_logits(image, input_ids, attention_mask).float().softmax(-1)[:, 1]
+        return match, similarity.float()
 
     def read_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One ViT pass: the image tokens the ITM queries cross-attend to, (batch, tokens, width), and the normalized
