@@ -249,24 +249,23 @@ def _seconds(value: str) -> float:
     return number
 
 
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {value!r}")
-    return number
+def _integer_from(minimum: int, expected: str) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``, else an error saying what was ``expected``."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = minimum - 1
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+        return number
+
+    return parse
 
 
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
+_positive = _integer_from(1, "a positive integer")
+_count = _integer_from(0, "0 or a positive integer")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
