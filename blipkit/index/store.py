@@ -121,14 +121,14 @@ class LanceStore:
     def build_ann(self) -> None:
         """An IVF index with exact distances within the partitions searched (``nearest`` re-scores what it finds
         anyway). Cosine: LanceDB's multi-vector index takes no other, and the vectors are normalized."""
-        rows = self.count()
-        self._table.create_index(
-            metric="cosine", vector_column_name="vector", index_type="IVF_FLAT",
-            num_partitions=max(1, int(rows**0.5)), replace=True,
-        )  # fmt: skip
+        from lancedb.index import IvfFlat
+
+        partitions = max(1, int(self.count() ** 0.5))
+        # With a config, LanceDB reads the first argument as the column.
+        self._table.create_index("vector", config=IvfFlat(distance_type="cosine", num_partitions=partitions))
 
     def has_ann(self) -> bool:
-        return any(index.index_type.startswith("IVF") for index in self._table.list_indices())
+        return any(index.index_type.startswith("Ivf") for index in self._table.list_indices())
 
     def nearest(self, vector: np.ndarray, k: int, where: str | None = None, probes: int = 32) -> list[str]:
         """The ids of about the ``k`` nearest rows by the approximate index (a multi-vector row by its best vector)."""
