@@ -106,11 +106,10 @@ def execute(
             pending = [item for item in items if item.id not in done]
             if task == "match":  # similar text lengths share a batch, so little of it is padding
                 pending.sort(key=lambda item: len(spec.text or item.text or ""))
-            if engine == "ray":
-                batches = run_on_ray(spec, pending, batch_size, ray_address, ray_actors, ray_gpus_per_actor)
-            else:
-                batches = _run_locally(spec, pending, batch_size, workers)
-            with _progress_bar(len(pending), task, progress) as bar:
+            batches = run_batches(
+                spec, pending, batch_size, workers, engine, ray_address, ray_actors, ray_gpus_per_actor
+            )
+            with progress_bar(len(pending), task, progress) as bar:
                 for records in batches:
                     sink.write(records)
                     for record in records:
@@ -123,6 +122,23 @@ def execute(
     if progress:
         print(f"{task}: {summary}", file=sys.stderr)
     return summary
+
+
+def run_batches(
+    spec: JobSpec,
+    pending: list[Item],
+    batch_size: int,
+    workers: int = 2,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int = 1,
+    ray_gpus_per_actor: float = 0.0,
+) -> Iterator[list[dict]]:
+    """The records of ``pending``, a batch at a time as the engine finishes them (also what ``blipkit.index``
+    embeds with: the same workers, decode-ahead threads, Ray actors and failed rows as a job)."""
+    if engine == "ray":
+        return run_on_ray(spec, pending, batch_size, ray_address, ray_actors, ray_gpus_per_actor)
+    return _run_locally(spec, pending, batch_size, workers)
 
 
 def _run_locally(spec: JobSpec, pending: list[Item], batch_size: int, workers: int) -> Iterator[list[dict]]:
@@ -141,7 +157,7 @@ def _run_locally(spec: JobSpec, pending: list[Item], batch_size: int, workers: i
             yield worker.infer(ahead.popleft().result())
 
 
-def _progress_bar(total: int, task: str, enabled: bool):
+def progress_bar(total: int, task: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=task, unit="img", disable=not enabled, file=sys.stderr, smoothing=0.1)
