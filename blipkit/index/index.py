@@ -120,7 +120,8 @@ class Index:
         progress: bool = False,
     ) -> AddSummary:
         """Embed the images of ``inputs`` (anything the batch jobs read) that the index does not have yet."""
-        from blipkit.jobs.runner import _progress_bar, _run_locally
+        from blipkit.jobs.ray_engine import check_gpus_per_actor
+        from blipkit.jobs.runner import progress_bar, run_batches
         from blipkit.jobs.workers import WorkerSpec
 
         manifests.check_same_model(self.directory, self.manifest, model, "images")
@@ -128,6 +129,7 @@ class Index:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if engine not in ("local", "ray"):
             raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+        check_gpus_per_actor(ray_gpus_per_actor)
         spec = WorkerSpec("embed", self.manifest.model, dtype or self.dtype, device or self.device, quantize=quantize)
         started = time.perf_counter()
         items = list(iter_items([_absolute(spec) for spec in _as_list(inputs)]))
@@ -136,16 +138,13 @@ class Index:
             ids = {row["id"] for row in known}
             new = [item for item in items if item.id not in ids]
             pending, hashes, duplicates = self._new_content(new, {row["hash"]: row for row in known})
-            if engine == "ray":
-                from blipkit.jobs.ray_engine import run_on_ray
-
-                batches = run_on_ray(spec, pending, batch_size, ray_address, ray_actors, ray_gpus_per_actor)
-            else:
-                batches = _run_locally(spec, pending, batch_size, workers)
+            batches = run_batches(
+                spec, pending, batch_size, workers, engine, ray_address, ray_actors, ray_gpus_per_actor
+            )
             by_id = {item.id: item for item in pending}
             failures: list[dict[str, Any]] = []
             embedded = 0
-            with _progress_bar(len(pending), "index", progress) as bar:
+            with progress_bar(len(pending), "index", progress) as bar:
                 for records in batches:
                     rows = [self._image_row(by_id[r["id"]], hashes[r["id"]], r["embedding"]) for r in records
                             if r["status"] == "ok"]  # fmt: skip
