@@ -81,10 +81,19 @@ class LanceStore:
             self._table = self._db.create_table(TABLE, schema=self._schema)
 
     def add(self, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            import pyarrow as pa
+        """Rows of ``id``, the metadata columns and ``vector`` (a list or array: (dim,), or (queries, dim))."""
+        if not rows:
+            return
+        import pyarrow as pa
 
-            self._table.add(pa.Table.from_pylist(rows, schema=self._schema))
+        # Column by column: the vectors as one float32 block, not a Python float at a time.
+        vectors = np.asarray([row["vector"] for row in rows], dtype=np.float32).reshape(-1)
+        vector = pa.FixedSizeListArray.from_arrays(pa.array(vectors), self.dim)
+        if self.queries > 1:
+            offsets = np.arange(0, len(rows) * self.queries + 1, self.queries, dtype=np.int32)
+            vector = pa.ListArray.from_arrays(pa.array(offsets), vector)
+        columns = {"id": [row["id"] for row in rows], **{c: [row.get(c) for row in rows] for c in self.columns}}
+        self._table.add(pa.table({**columns, "vector": vector}, schema=self._schema))
 
     def delete(self, ids: Iterable[str]) -> None:
         ids = list(ids)
@@ -132,7 +141,13 @@ class LanceStore:
 
     def nearest(self, vector: np.ndarray, k: int, where: str | None = None, probes: int = 32) -> list[str]:
         """The ids of about the ``k`` nearest rows by the approximate index (a multi-vector row by its best vector)."""
-        query = self._table.search(vector.astype(np.float32)).metric("cosine").nprobes(probes).limit(k).select(["id"])
+        query = (
+            self._table.search(vector.astype(np.float32))
+            .metric("cosine")
+            .nprobes(probes)
+            .limit(k)
+            .select(["id", "_distance"])
+        )
         if where:
             query = query.where(where, prefilter=True)
         try:
