@@ -54,6 +54,17 @@ class AddSummary:
         )
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """An index's rows as searches read them: one store version's ids, labels (paths or texts) and vectors."""
+
+    version: int
+    ids: list[str]
+    positions: dict[str, int]
+    labels: list[str]
+    vectors: torch.Tensor  # (rows, dim) or (rows, queries, dim)
+
+
 class Index:
     """Open with ``Index.open(dir)``, create with ``Index.build(inputs, dir, model=...)``; ``add``, ``remove``,
     ``search``, ``dedup`` and ``info``."""
@@ -62,7 +73,7 @@ class Index:
         self.directory, self.manifest, self.store = directory, manifest, store
         self.device, self.dtype = device, dtype
         self._loaded = None  # the retrieval model, loaded on the first search
-        self._cache: tuple[int, list[str], torch.Tensor] | None = None  # (store version, ids, vectors)
+        self._snapshot: _Snapshot | None = None  # what searches read, until the store changes
 
     # ------------------------------------------------------------------------------------------ opening
     @classmethod
@@ -206,7 +217,7 @@ class Index:
         ``{"id", "path" (texts: "text"), "score", "itc", "itm"}``. ``rerank=K`` re-scores the best K image-text
         pairs with the ITM head and ranks them by BLIP's ``ITM match logit + ITC`` (``score``; ``itm`` is the match
         probability), ahead of the rest. ``where`` is a SQL filter over the rows' columns."""
-        from blipkit.tasks import embed_images, embed_texts
+        from blipkit.tasks import embed_texts
 
         if (text is None) == (image is None):
             raise ValueError("search needs a text or an image (one of them)")
@@ -222,12 +233,16 @@ class Index:
         with torch.no_grad():
             if text is not None:
                 query = torch.tensor(embed_texts(loaded, None, [text], {})[0])
-            else:
-                pixel_values, image_tokens = self._query_image(loaded, image)
-                query = torch.tensor(embed_images(loaded, pixel_values, None, {})[0])
-        positions, scores = self._nearest(query, max(k, rerank), where)
-        ids, _ = self._vectors()
-        hits = self._hits([ids[p] for p in positions], scores)
+            else:  # one ViT pass: the ITC embedding(s), and the tokens ITM reads to re-rank texts
+                image_tokens, embeds = loaded.model.read_images(loaded.pixel_values(image))
+                query = embeds[0].float().cpu()
+        snapshot = self._read()
+        positions, scores = self._nearest(snapshot, query, max(k, rerank), where)
+        label = self._label()
+        hits = [
+            {"id": snapshot.ids[p], label: snapshot.labels[p], "score": s, "itc": s, "itm": None}
+            for p, s in zip(positions, scores, strict=True)
+        ]
         if rerank:
             top = hits[:rerank]
             if text is not None:
@@ -241,10 +256,9 @@ class Index:
         """Groups of near-duplicate rows (similarity >= ``threshold``; images of BLIP-2 compared query by query)."""
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a similarity from -1 to 1, got {threshold}")
-        ids, vectors = self._vectors()
-        rows = {row["id"]: row for row in self.store.rows(["id", self._label()])}
-        groups = duplicate_groups(vectors, threshold)
-        return [[{"id": ids[p], self._label(): rows[ids[p]][self._label()]} for p in group] for group in groups]
+        snapshot = self._read()
+        groups = duplicate_groups(snapshot.vectors, threshold)
+        return [[{"id": snapshot.ids[p], self._label(): snapshot.labels[p]} for p in group] for group in groups]
 
     def info(self) -> dict[str, Any]:
         failures = self.directory / FAILURES
@@ -270,44 +284,34 @@ class Index:
             self._loaded = load_matcher(self.manifest.model, self.device, self.dtype)
         return self._loaded
 
-    def _vectors(self) -> tuple[list[str], torch.Tensor]:
-        """Every id and vector, read again whenever the store changed (here or in another process)."""
+    def _read(self) -> _Snapshot:
+        """Every id, label and vector, read again whenever the store changed (here or in another process)."""
         version = self.store.version()
-        if self._cache is None or self._cache[0] != version:
+        if self._snapshot is None or self._snapshot.version != version:
             ids, vectors = self.store.vectors()
-            self._cache = (version, ids, torch.from_numpy(np.array(vectors, dtype=np.float32)))
-        return self._cache[1], self._cache[2]
-
-    def _nearest(self, query: torch.Tensor, k: int, where: str | None) -> tuple[list[int], list[float]]:
-        ids, vectors = self._vectors()
-        if self.store.has_ann() and len(ids) >= ANN_MIN_ROWS and query.dim() == 1:
-            # The approximate index proposes candidates; they are scored exactly, as the exact search would.
+            labels = {row["id"]: row[self._label()] for row in self.store.rows(["id", self._label()])}
             positions = {i: p for p, i in enumerate(ids)}
-            candidates = [positions[i] for i in self.store.nearest(query.numpy(), k * ANN_CANDIDATES, where)]
-            scores = similarities(vectors[candidates], query)
-            best, values = top_k(scores, k)
+            matrix = torch.from_numpy(np.array(vectors, dtype=np.float32))
+            self._snapshot = _Snapshot(version, ids, positions, [labels[i] for i in ids], matrix)
+        return self._snapshot
+
+    def _nearest(
+        self, snapshot: _Snapshot, query: torch.Tensor, k: int, where: str | None
+    ) -> tuple[list[int], list[float]]:
+        if self.store.has_ann() and len(snapshot.ids) >= ANN_MIN_ROWS and query.dim() == 1:
+            # The approximate index proposes candidates; they are scored exactly, as the exact search would.
+            found = self.store.nearest(query.numpy(), k * ANN_CANDIDATES, where)
+            candidates = [snapshot.positions[i] for i in found]
+            best, values = top_k(similarities(snapshot.vectors[candidates], query), k)
             return [candidates[b] for b in best], values
         allowed = None
         if where:
             keep = {row["id"] for row in self.store.rows(["id"], where)}
-            allowed = torch.tensor([i in keep for i in ids], dtype=torch.bool)
-        return top_k(similarities(vectors, query), k, allowed)
+            allowed = torch.tensor([i in keep for i in snapshot.ids], dtype=torch.bool)
+        return top_k(similarities(snapshot.vectors, query), k, allowed)
 
     def _label(self) -> str:
         return "path" if self.manifest.kind == "images" else "text"
-
-    def _hits(self, ids: list[str], scores: list[float]) -> list[dict[str, Any]]:
-        label = self._label()
-        rows = {row["id"]: row for row in self.store.rows(["id", label], _id_filter(ids))} if ids else {}
-        pairs = zip(ids, scores, strict=True)
-        return [{"id": i, label: rows[i][label], "score": s, "itc": s, "itm": None} for i, s in pairs]
-
-    def _query_image(self, loaded, image: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        pixel_values = loaded.pixel_values(image)
-        if self.manifest.kind != "texts":
-            return pixel_values, None
-        image_tokens, _ = loaded.model.read_images(pixel_values)  # kept to re-rank texts against it
-        return pixel_values, image_tokens
 
     def _rerank_images(self, loaded, text: str, hits: list[dict[str, Any]]) -> None:
         from blipkit.index.matching import match_logits, rerank_score
