@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.server
 import ipaddress
 import socket
@@ -36,7 +37,7 @@ NAMES = {
     "cgnat.example.com": ["100.64.0.1"],
     "mixed.example.com": [PUBLIC, "10.0.0.5"],  # one private address among public ones is enough to refuse
 }
-ALLOWED = Limits(allow_url_domains=("example.com",), max_url_bytes=100_000, url_deadline_s=0.5)
+ALLOWED = Limits(allow_url_domains=("example.com",), max_url_bytes=100_000)
 
 
 class ImageServer(http.server.BaseHTTPRequestHandler):
@@ -305,7 +306,7 @@ def test_a_fetched_image_is_held_to_the_size_limit(network, server):
 
 def test_a_fetched_image_is_held_to_the_deadline(network, server):
     started = time.monotonic()
-    refused = refusal("http://images.example.com/trickle")
+    refused = refusal("http://images.example.com/trickle", dataclasses.replace(ALLOWED, url_deadline_s=0.5))
     assert (refused.status, refused.kind) == (504, "url_timeout")
     assert (
         refused.message
