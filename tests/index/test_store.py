@@ -33,7 +33,7 @@ def test_rows_vectors_filters(tmp_path):
 @pytest.mark.parametrize("queries", [1, 4])
 def test_approximate_index_recall(tmp_path, queries):
     """A row of several vectors (BLIP-2's queries) is found by its best one, as exact search scores it."""
-    data = vectors(3000 * queries, 16).reshape(3000, queries, 16).squeeze(1)
+    data = vectors(3000 * queries, 16).reshape((3000, queries, 16) if queries > 1 else (3000, 16))
     store = open_store(tmp_path, ("path",), 16, queries)
     store.add([{"id": str(i), "path": "", "vector": v} for i, v in enumerate(data)])
     store.build_ann()
