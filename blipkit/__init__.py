@@ -45,7 +45,7 @@ _EXPORTS = {
     "blipkit.processing.processors": ("BlipProcessor", "Blip2Processor"),
     "blipkit.processing.batch": ("BatchFeature",),
     "blipkit.pipelines": ("pipeline",),
-    "blipkit.index": ("Index",),
+    "blipkit.index.index": ("AddSummary", "Index"),
     "blipkit.generation.config": ("GenerationConfig",),
     "blipkit.checkpoint": ("CheckpointError",),
     "blipkit.hub": ("ModelFiles", "ModelNotFoundError"),

@@ -1,5 +1,4 @@
-"""Search a collection of images (or texts) by text or by image: ``Index`` over a LanceDB store, ITM re-ranking."""
+"""Search a collection of images (or texts) by text or by image: ``index.Index`` over a LanceDB store, ITM re-ranking.
 
-from blipkit.index.index import AddSummary, Index
-
-__all__ = ["AddSummary", "Index"]
+Kept empty of imports, so that the ``blipkit`` command's parser loads ``index.commands`` without torch.
+"""

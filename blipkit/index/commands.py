@@ -124,7 +124,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_build_texts(args: argparse.Namespace) -> int:
-    from blipkit.index import Index
+    from blipkit.index.index import Index
 
     index = Index.create(args.index, args.model, "texts", args.device, args.dtype)
     summary = index.add_texts(args.inputs, batch_size=args.batch_size, model=args.model)
@@ -133,7 +133,7 @@ def cmd_build_texts(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from blipkit.index import Index
+    from blipkit.index.index import Index
 
     missing = Index.open(args.index).remove(args.ids)
     print(f"removed {len(args.ids) - len(missing)}", file=sys.stderr)
@@ -143,7 +143,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from blipkit.index import Index
+    from blipkit.index.index import Index
 
     info = Index.open(args.index).info()
     if args.json:
@@ -155,7 +155,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from blipkit.index import Index
+    from blipkit.index.index import Index
 
     index = Index.open(args.index, args.device, args.dtype)
     label = "path" if index.manifest.kind == "images" else "text"
@@ -165,7 +165,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from blipkit.index import Index
+    from blipkit.index.index import Index
 
     if (args.text is None) == (args.image is None):
         raise ValueError("search needs a TEXT or --image (one of them)")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import blipkit
-from blipkit.index import Index
+from blipkit.index.index import Index
 from blipkit.index.manifest import IndexRefused
 from blipkit.jobs.workers import Worker
 from blipkit.tasks import RETRIEVAL

@@ -10,7 +10,7 @@ import torch
 
 import blipkit
 from blipkit.evaluate.retrieval import read_annotations, recall, score_matrices
-from blipkit.index import Index
+from blipkit.index.index import Index
 from blipkit.index.matching import load_matcher
 from blipkit.tasks import RETRIEVAL
 from tests.conftest import IMAGES
