@@ -72,7 +72,7 @@ def score_matrices(loaded: Any, annotations: Annotations, k_test: int = 256, bat
     for start in range(0, len(annotations.images), batch_size):
         batch = annotations.images[start : start + batch_size]
         tokens, embeds = model.read_images(loaded.pixel_values(batch))
-        image_tokens.append(tokens.cpu())  # kept for ITM, as BLIP keeps its image features
+        image_tokens.append(tokens)  # kept for ITM, as BLIP keeps its image features (COCO 5k, ViT-B: 4.4 GB bf16)
         image_embeds.append(embeds.float().cpu())
         if progress:
             progress(len(batch))
