@@ -143,7 +143,7 @@ class Index:
         check_gpus_per_actor(ray_gpus_per_actor)
         spec = WorkerSpec("embed", self.manifest.model, dtype or self.dtype, device or self.device, quantize=quantize)
         started = time.perf_counter()
-        items = list(iter_items([_absolute(spec) for spec in _as_list(inputs)]))
+        items = list(iter_items([_absolute(entry) for entry in _as_list(inputs)]))
         with exclusive(self.directory / "index"):
             known = self.store.rows(["id", "path", "hash"])
             ids = {row["id"] for row in known}
@@ -351,12 +351,12 @@ class Index:
         found under a new name whose old file is gone was renamed: its row takes the new id and path."""
         with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="blipkit-hash") as pool:
             digests = list(pool.map(_content_hash, new))
-        pending, hashes, duplicates = [], {}, 0
+        pending, hashes, seen, duplicates = [], {}, set(), 0
         for item, digest in zip(new, digests, strict=True):
             if digest is None or item.error:  # unreadable: the worker reports why
                 pending.append(item)
                 hashes[item.id] = ""
-            elif digest in known or digest in hashes.values():
+            elif digest in known or digest in seen:
                 duplicates += 1
                 old = known.get(digest)
                 if old is not None and old["id"] == old["path"] and not _exists(old["path"]) and _is_file(item):
@@ -364,6 +364,7 @@ class Index:
             else:
                 pending.append(item)
                 hashes[item.id] = digest
+                seen.add(digest)
         return pending, hashes, duplicates
 
     def _image_row(self, item: Item, digest: str, embedding: list) -> dict[str, Any]:
@@ -376,7 +377,9 @@ class Index:
         path.write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures), encoding="utf-8")
 
     def _refresh_ann(self) -> None:
-        if self.store.count() >= ANN_MIN_ROWS:
+        if self.store.has_ann():
+            self.store.refresh_ann()
+        elif self.store.count() >= ANN_MIN_ROWS:
             self.store.build_ann()
 
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 TABLE = "items"
+ANN_NAME = "vector_idx"  # LanceDB's name for an index on the "vector" column
 DELETE_CHUNK = 500  # ids per delete statement, so a large remove stays one short SQL expression each
 
 
@@ -43,6 +44,8 @@ class Store(Protocol):
     def version(self) -> int: ...
 
     def build_ann(self) -> None: ...
+
+    def refresh_ann(self) -> None: ...
 
     def has_ann(self) -> bool: ...
 
@@ -134,7 +137,15 @@ class LanceStore:
 
         partitions = max(1, int(self.count() ** 0.5))
         # With a config, LanceDB reads the first argument as the column.
-        self._table.create_index("vector", config=IvfFlat(distance_type="cosine", num_partitions=partitions))
+        config = IvfFlat(distance_type="cosine", num_partitions=partitions)
+        self._table.create_index("vector", config=config, name=ANN_NAME)
+
+    def refresh_ann(self) -> None:
+        """Bring rows added since the index was built into it (its partitions stay; without it, LanceDB scans them
+        apart, flat), once they are a tenth of the rows: a one-image add does not rewrite the index."""
+        stats = self._table.index_stats(ANN_NAME)
+        if stats is not None and stats.num_unindexed_rows * 10 >= stats.num_indexed_rows:
+            self._table.optimize()
 
     def has_ann(self) -> bool:
         return any(index.index_type.startswith("Ivf") for index in self._table.list_indices())

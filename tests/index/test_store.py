@@ -43,3 +43,15 @@ def test_approximate_index_recall(tmp_path, queries):
         scores = data @ query if queries == 1 else (data @ query).max(axis=1)
         found += len(set(np.argsort(-scores)[:10].astype(str)) & set(store.nearest(query, 10)))
     assert found / (10 * 20) >= 0.9
+
+
+def test_rows_added_after_the_index_are_found(tmp_path):
+    data = vectors(2000, 16)
+    store = open_store(tmp_path, ("path",), 16, 1)
+    store.add([{"id": str(i), "path": "", "vector": v} for i, v in enumerate(data)])
+    store.build_ann()
+    later = vectors(300, 16, seed=2)
+    store.add([{"id": f"new{i}", "path": "", "vector": v} for i, v in enumerate(later)])
+    store.refresh_ann()  # a sixth of the rows are new: they join the index
+    assert store._table.index_stats("vector_idx").num_unindexed_rows == 0
+    assert store.nearest(later[7], 1) == ["new7"]
