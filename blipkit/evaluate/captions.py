@@ -7,7 +7,6 @@ scores them (``caption_metrics``; METEOR through its jar, where Java exists).
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from blipkit.evaluate.inputs import (
     read_json,
     read_jsonl,
     read_predictions,
+    report_failed,
+    to_stderr,
 )
 from blipkit.evaluate.meteor import MeteorUnavailable, meteor
 from blipkit.evaluate.tokenize import ptb_tokenize
@@ -31,7 +32,7 @@ def caption_scores(
     candidates: Mapping[str, str],
     references: Mapping[str, Sequence[str]],
     use_meteor: bool | None = None,
-    warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    warn: Callable[[str], None] = to_stderr,
 ) -> dict[str, float]:
     """The metrics of ``candidates`` ({id: caption}) against ``references`` ({id: [captions]}), same ids.
 
@@ -130,7 +131,7 @@ def evaluate_captions(
     predictions_path: str | os.PathLike,
     references_path: str | os.PathLike,
     use_meteor: bool | None = None,
-    warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    warn: Callable[[str], None] = to_stderr,
 ) -> dict[str, float]:
     """The caption metrics of a caption job's output (``predictions_path``) against ``references_path``.
 
@@ -140,13 +141,8 @@ def evaluate_captions(
     predictions = read_predictions(predictions_path, "caption", "caption")
     references, aliases = read_references(references_path)
     paired = pair(predictions.ids, aliases, references, predictions_path, references_path)
-    if predictions.failed:
-        warn(
-            f"blipkit: {counted(len(predictions.failed), 'prediction')} of {len(paired)} failed and "
-            f"{'is' if len(predictions.failed) == 1 else 'are'} not scored: {listed(predictions.failed)}"
-        )
+    report_failed(predictions, warn)
     if not predictions.values:
         raise EvaluationInputError(f"every prediction in {predictions_path} failed: there is no caption to score")
-    candidates = {name: predictions.values[name] for name in predictions.values}
     refs = {name: references[paired[name]] for name in predictions.values}
-    return caption_scores(candidates, refs, use_meteor=use_meteor, warn=warn)
+    return caption_scores(predictions.values, refs, use_meteor=use_meteor, warn=warn)

@@ -11,7 +11,8 @@ import csv
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,8 @@ def read_predictions(path: str | os.PathLike, column: str, job: str) -> Predicti
     columns = list(dict.fromkeys(key for row in rows for key in row))
     key = next((k for k in RESULT_KEYS if k in columns), None)
     if key is None or column not in columns:
-        missing = "an 'id'" if key is None else f"a '{column}'"
-        raise EvaluationInputError(f"{path} has no {missing} column (it has {', '.join(columns)}); {expected}")
+        missing = "id" if key is None else column
+        raise EvaluationInputError(f"{path} has no '{missing}' column (it has {', '.join(columns)}); {expected}")
     predictions = Predictions({})
     for number, row in enumerate(rows, start=1):
         if row.get(key) in (None, ""):
@@ -118,6 +119,20 @@ def read_predictions(path: str | os.PathLike, column: str, job: str) -> Predicti
     return predictions
 
 
+def to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def report_failed(predictions: Predictions, warn: Callable[[str], None]) -> None:
+    """Say how many rows failed (they are not scored), naming the first few."""
+    failed = predictions.failed
+    if failed:
+        warn(
+            f"blipkit: {counted(len(failed), 'prediction')} of {len(predictions.ids)} failed and "
+            f"{'is' if len(failed) == 1 else 'are'} not scored: {listed(failed)}"
+        )
+
+
 def listed(ids: Iterable[Any]) -> str:
     """The first few ids, for an error: ``a.jpg, b.jpg, c.jpg, ...``."""
     ids = [str(i) for i in ids]
@@ -128,17 +143,18 @@ def counted(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def id_candidates(name: str) -> list[str]:
+def id_candidates(name: str, numbers: bool = True) -> list[str]:
     """The keys a job's row id may be known by in a reference file, most specific first: the id itself; a table
     row's KEY (ids ``TABLE:KEY``); the path's trailing parts (``photos/val/x.jpg`` -> ``val/x.jpg``, ``x.jpg``);
-    and the number a file name ends in (``COCO_val2014_000000391895.jpg`` -> ``391895``)."""
+    and with ``numbers``, the number a file name ends in (``COCO_val2014_000000391895.jpg`` -> ``391895``, a COCO
+    image id)."""
     candidates = [name]
     if ":" in name and "://" not in name:
         candidates.append(name.rsplit(":", 1)[1])
     parts = re.split(r"[/\\]", candidates[-1])
     candidates += ["/".join(parts[i:]) for i in range(1, len(parts))]
     digits = re.search(r"(\d+)$", Path(parts[-1]).stem)
-    if digits:
+    if numbers and digits:
         candidates.append(str(int(digits.group(1))))
     return list(dict.fromkeys(candidates))
 
@@ -149,15 +165,16 @@ def pair(
     references: Iterable[str],
     predictions_path: str | os.PathLike,
     references_path: str | os.PathLike,
+    numbers: bool = True,
 ) -> dict[str, str]:
     """Each prediction id's reference key. ``aliases`` maps every name a reference goes by (its id, file name,
     ...) to its key. Predictions without a reference, references without a prediction and two predictions of one
-    reference are errors that name how many and the first few."""
+    reference are errors that name how many and the first few. ``numbers``: see ``id_candidates``."""
     paired: dict[str, str] = {}
     owner: dict[str, str] = {}
     orphans = []
     for name in predictions:
-        key = next((aliases[c] for c in id_candidates(name) if c in aliases), None)
+        key = next((aliases[c] for c in id_candidates(name, numbers) if c in aliases), None)
         if key is None:
             orphans.append(name)
         elif key in owner:
@@ -165,7 +182,8 @@ def pair(
                 f"the predictions {owner[key]} and {name} in {predictions_path} are both for reference {key}"
             )
         else:
-            paired[name] = owner[key] = key
+            paired[name] = key
+            owner[key] = name
     if orphans:
         raise EvaluationInputError(
             f"{counted(len(orphans), 'prediction')} in {predictions_path} "

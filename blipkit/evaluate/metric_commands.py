@@ -1,0 +1,96 @@
+"""``blipkit eval caption`` and ``blipkit eval vqa``: the metric commands, added to the ``eval`` group's subparsers.
+
+Each prints one JSON object on stdout; failed prediction rows and a missing METEOR are reported on stderr.
+``python -m blipkit.evaluate.metric_commands caption|vqa ...`` runs them on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+
+def add_eval_commands(eval_subparsers: argparse._SubParsersAction) -> None:
+    """Add ``caption`` and ``vqa`` to the ``eval`` group (each sets ``handler``, which returns the exit code)."""
+    caption = eval_subparsers.add_parser(
+        "caption",
+        help="COCO caption metrics of a caption job's output (BLEU, METEOR, ROUGE-L, CIDEr)",
+        description="BLEU-1..4, METEOR (where Java exists), ROUGE-L and CIDEr(-D) of captions against references, "
+        "after the COCO PTB tokenization, as pycocoevalcap computes them. Prints one JSON object.",
+    )
+    caption.add_argument(
+        "--predictions",
+        required=True,
+        metavar="P",
+        help="the caption job's output (.jsonl, .csv, .parquet: rows with id and caption) or a COCO results .json",
+    )
+    caption.add_argument(
+        "--references",
+        required=True,
+        metavar="R",
+        help="a .jsonl of rows with id and captions (a list), or a COCO captions annotation file (.json)",
+    )
+    caption.add_argument("--no-meteor", action="store_true", help="skip METEOR (its jar takes ~15 s to start)")
+    caption.set_defaults(handler=cmd_eval_caption)
+
+    vqa = eval_subparsers.add_parser(
+        "vqa",
+        help="VQAv2 accuracy of an ask job's output",
+        description="VQA accuracy - min(#humans who gave the answer / 3, 1), averaged over the ten leave-one-out "
+        "subsets - after the official answer normalization. Prints one JSON object, in percent.",
+    )
+    vqa.add_argument(
+        "--predictions",
+        required=True,
+        metavar="P",
+        help="the ask job's output (.jsonl, .csv, .parquet: rows with id and answer) or a VQA results .json",
+    )
+    vqa.add_argument(
+        "--references",
+        required=True,
+        metavar="R",
+        help="a .jsonl of rows with id and answers (the 10 human answers), or the official annotation file (.json)",
+    )
+    vqa.add_argument(
+        "--questions",
+        metavar="Q",
+        help="the official questions file: pairs rows that name an image (its id's number) and a question column",
+    )
+    vqa.set_defaults(handler=cmd_eval_vqa)
+
+
+def cmd_eval_caption(args: argparse.Namespace) -> int:
+    from blipkit.evaluate.captions import evaluate_captions
+
+    use_meteor = False if args.no_meteor else None
+    print(json.dumps(evaluate_captions(args.predictions, args.references, use_meteor=use_meteor)))
+    return 0
+
+
+def cmd_eval_vqa(args: argparse.Namespace) -> int:
+    from blipkit.evaluate.vqa import evaluate_vqa
+
+    print(json.dumps(evaluate_vqa(args.predictions, args.references, args.questions)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """These commands on their own, failing as ``blipkit`` fails: one line on stderr, exit code 1."""
+    parser = argparse.ArgumentParser(prog="blipkit eval", description="Caption and VQA metrics.")
+    add_eval_commands(parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK"))
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except Exception as error:  # one line that names the failure, never a traceback (as blipkit.cli does)
+        if os.environ.get("BLIPKIT_DEBUG"):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"blipkit: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
