@@ -132,11 +132,14 @@ def evaluate_captions(
     references_path: str | os.PathLike,
     use_meteor: bool | None = None,
     warn: Callable[[str], None] = to_stderr,
+    strip_prompt: str | None = None,
 ) -> dict[str, float]:
     """The caption metrics of a caption job's output (``predictions_path``) against ``references_path``.
 
     Every prediction needs a reference and every reference a prediction. Failed rows (``status`` "failed") have
-    no caption: they are reported through ``warn``, with their count, and not scored.
+    no caption: they are reported through ``warn``, with their count, and not scored. ``strip_prompt``: text
+    removed from the start of each caption that begins with it (case aside), as BLIP's evaluation scores only
+    what follows its prompt "a picture of ".
     """
     predictions = read_predictions(predictions_path, "caption", "caption")
     references, aliases = read_references(references_path)
@@ -145,4 +148,14 @@ def evaluate_captions(
     if not predictions.values:
         raise EvaluationInputError(f"every prediction in {predictions_path} failed: there is no caption to score")
     refs = {name: references[paired[name]] for name in predictions.values}
-    return caption_scores(predictions.values, refs, use_meteor=use_meteor, warn=warn)
+    candidates = predictions.values
+    if strip_prompt and strip_prompt.strip():
+        candidates = {name: _without_prompt(text, strip_prompt) for name, text in candidates.items()}
+    return caption_scores(candidates, refs, use_meteor=use_meteor, warn=warn)
+
+
+def _without_prompt(caption: str, prompt: str) -> str:
+    head, prompt = caption.lstrip(), prompt.strip()
+    if head[: len(prompt)].lower() == prompt.lower() and head[len(prompt) : len(prompt) + 1] in ("", " "):
+        return head[len(prompt) :].lstrip()
+    return caption

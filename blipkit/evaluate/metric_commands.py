@@ -33,6 +33,12 @@ def add_eval_commands(eval_subparsers: argparse._SubParsersAction) -> None:
         metavar="R",
         help="a .jsonl of rows with id and captions (a list), or a COCO captions annotation file (.json)",
     )
+    caption.add_argument(
+        "--strip-prompt",
+        metavar="TEXT",
+        help='remove TEXT from the start of every caption that begins with it, e.g. "a picture of" (BLIP scores '
+        "what follows its prompt)",
+    )
     caption.add_argument("--no-meteor", action="store_true", help="skip METEOR (its jar takes ~15 s to start)")
     caption.set_defaults(handler=cmd_eval_caption)
 
@@ -66,7 +72,8 @@ def cmd_eval_caption(args: argparse.Namespace) -> int:
     from blipkit.evaluate.captions import evaluate_captions
 
     use_meteor = False if args.no_meteor else None
-    print(json.dumps(evaluate_captions(args.predictions, args.references, use_meteor=use_meteor)))
+    scores = evaluate_captions(args.predictions, args.references, use_meteor=use_meteor, strip_prompt=args.strip_prompt)
+    print(json.dumps(scores))
     return 0
 
 

@@ -244,3 +244,17 @@ def test_module_runs_as_a_command(files):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["CIDEr"] > 0
+
+
+def test_strip_prompt(tmp_path, small, capsys):
+    candidates, references = small
+    prompted = {k: f"A picture of {text.strip()}" for k, text in candidates.items()}
+    predictions = write_jsonl(tmp_path / "captions.jsonl", job_rows(prompted))
+    refs = write_references(tmp_path / "refs.jsonl", references)
+    stripped = {k: text.strip() for k, text in candidates.items()}
+    expected = caption_scores(stripped, references, **NO_METEOR)
+    assert evaluate_captions(predictions, refs, strip_prompt="a picture of ", **NO_METEOR) == expected
+    assert evaluate_captions(predictions, refs, **NO_METEOR) != expected
+    argv = ["caption", "--predictions", str(predictions), "--references", str(refs), "--no-meteor"]
+    assert main([*argv, "--strip-prompt", "a picture of"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(expected)
