@@ -98,7 +98,7 @@ def approximate(rows: int, queries: int, rng: np.random.Generator, centres: np.n
     def refined(i: int) -> list[int]:
         # What Index.search does past ANN_MIN_ROWS: ask for k x ANN_CANDIDATES, score those exactly.
         candidates = [int(x) for x in store.nearest(qs[i], 10 * ANN_CANDIDATES)]
-        best, _ = top_k(similarities(matrix[candidates], torch.from_numpy(qs[i])), 10)
+        best, _ = top_k(similarities(matrix.index_select(0, torch.tensor(candidates)), torch.from_numpy(qs[i])), 10)
         return [candidates[b] for b in best]
 
     times, found = timed(refined, queries)

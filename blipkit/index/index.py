@@ -302,7 +302,9 @@ class Index:
             # The approximate index proposes candidates; they are scored exactly, as the exact search would.
             found = self.store.nearest(query.numpy(), k * ANN_CANDIDATES, where)
             candidates = [snapshot.positions[i] for i in found]
-            best, values = top_k(similarities(snapshot.vectors[candidates], query), k)
+            # index_select: indexing a large tensor by a list costs ~8 ms here, whatever the list's length
+            rows = snapshot.vectors.index_select(0, torch.tensor(candidates, dtype=torch.long))
+            best, values = top_k(similarities(rows, query), k)
             return [candidates[b] for b in best], values
         allowed = None
         if where:

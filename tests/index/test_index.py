@@ -138,3 +138,12 @@ def test_image_to_texts_over_a_text_index(retrieval_models, tmp_path):
     hits = index.search(image=str(IMAGES[1]), k=4)
     assert [h["text"] for h in hits] == [texts[i] for i in expected.argsort(descending=True).tolist()]
     torch.testing.assert_close(torch.tensor([h["itc"] for h in hits]), expected.sort(descending=True).values)
+
+
+def test_approximate_search_finds_what_exact_search_finds(retrieval_models, photos, monkeypatch):
+    monkeypatch.setattr("blipkit.index.index.ANN_MIN_ROWS", 2)  # as a collection past 200k rows is searched
+    index = Index.build(str(photos), photos.parent / "index", model=str(retrieval_models["blip"]))
+    assert index.info()["ann"]
+    approximate = index.search(text=QUERY, k=3)
+    monkeypatch.setattr("blipkit.index.index.ANN_MIN_ROWS", 10**9)
+    assert approximate == index.search(text=QUERY, k=3)
