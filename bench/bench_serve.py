@@ -7,9 +7,9 @@ For each server setting (dynamic batching at --max-batch-size 8, then 1) a real 
 started on 127.0.0.1 and, for each client count, that many clients post one image after another for the phase's
 time; no request starts after it (those in flight finish, within the server's --timeout-s), so every phase ends by
 itself. Throughput counts answered images per second of the phase; latency is per request. Then one client alone
-against the batching server, beside a direct ``pipeline()`` call on the same image in this process (the server
-stopped first). Captions are fixed-length (min_new_tokens = max_new_tokens) so every request does the same work.
-Random weights: speed does not depend on their values.
+against the batching server and a direct ``pipeline()`` call on the same image in this process, in turns.
+Captions are fixed-length (min_new_tokens = max_new_tokens) so every request does the same work. Random weights:
+speed does not depend on their values.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from pathlib import Path
 import httpx
 from bench_blip import checkpoint, print_machine
 
+import blipkit
+
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = sorted((ROOT / "tests" / "fixtures" / "images").iterdir())
 VOCAB = ROOT / "tests" / "fixtures" / "bert-base-uncased-vocab.txt"
@@ -38,11 +40,10 @@ START_S = 600  # loading and the ready line: only a broken server takes this lon
 
 def model_dir() -> Path:
     """bench_blip's random full-size BLIP-base captioner, with a processor (384 px, BERT's vocabulary) beside it."""
-    from blipkit import BlipImageProcessor, BlipProcessor, BlipTokenizer
-
     path = checkpoint("blip-base", "caption")
     if not (path / "preprocessor_config.json").exists():
-        BlipProcessor(BlipImageProcessor(), BlipTokenizer.from_vocab(VOCAB)).save_pretrained(path)
+        tokenizer = blipkit.BlipTokenizer.from_vocab(VOCAB)
+        blipkit.BlipProcessor(blipkit.BlipImageProcessor(), tokenizer).save_pretrained(path)
     return path
 
 
@@ -106,32 +107,34 @@ def _percentile(values: list[float], p: int) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-def direct_p50(model: Path, dtype: str, requests: int) -> float:
-    """p50 of ``pipeline()`` on the same image and settings, in this process."""
-    import blipkit
-
-    pipe = blipkit.pipeline("image-to-text", model=model, dtype=dtype)
+async def one_client(url: str, pipe, requests: int) -> tuple[float, float, float]:
+    """p50 of one client's requests to the server and of direct ``pipe`` calls on the same image, taken in turns
+    (so that a change in the machine's load hits both), and the server's mean model call over its requests."""
     settings = {"max_new_tokens": TOKENS, "min_new_tokens": TOKENS}
-    pipe(str(IMAGES[0]), **settings)  # warm up
-    times = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        pipe(str(IMAGES[0]), **settings)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-async def one_client_p50(url: str, requests: int) -> float:
+    served, direct = [], []
     async with httpx.AsyncClient(base_url=url, timeout=START_S) as http:
-        first = body(0)
-        await http.post("/v1/caption", json=first)  # warm up
-        times = []
+        await http.post("/v1/caption", json=body(0))  # warm up both
+        pipe(str(IMAGES[0]), **settings)
+        before = _model_seconds((await http.get("/metrics")).text)
         for _ in range(requests):
             started = time.perf_counter()
-            response = await http.post("/v1/caption", json=first)
-            response.raise_for_status()
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+            (await http.post("/v1/caption", json=body(0))).raise_for_status()
+            served.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            pipe(str(IMAGES[0]), **settings)
+            direct.append(time.perf_counter() - started)
+        after = _model_seconds((await http.get("/metrics")).text)
+    return statistics.median(served), statistics.median(direct), (after[0] - before[0]) / (after[1] - before[1])
+
+
+def _model_seconds(metrics: str) -> tuple[float, int]:
+    """(seconds, calls) of the server's model calls so far, from its /metrics."""
+    values = {}
+    for line in metrics.splitlines():
+        if line.startswith(("blipkit_batch_duration_seconds_sum", "blipkit_batch_duration_seconds_count")):
+            name, value = line.split()
+            values[name.split("{")[0].rsplit("_", 1)[1]] = float(value)
+    return values.get("sum", 0.0), int(values.get("count", 0))
 
 
 def main() -> None:
@@ -149,13 +152,14 @@ def main() -> None:
     print("| server | clients | images/s | p50 s | p99 s | statuses | exit |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     rates: dict[tuple[int, int], float] = {}
-    alone = None
     for batch in (8, 1):
         server = Server(model, args.dtype, batch)
-        asyncio.run(one_client_p50(server.url, 1))  # warm up the model before timing
+        httpx.post(f"{server.url}/v1/caption", json=body(0), timeout=START_S).raise_for_status()  # warm up
         results = {clients: asyncio.run(load(server.url, clients, seconds)) for clients in args.clients}
         if batch == 8:
-            alone = asyncio.run(one_client_p50(server.url, single))
+            pipe = blipkit.pipeline("image-to-text", model=model, dtype=args.dtype)
+            alone, direct, model_call = asyncio.run(one_client(server.url, pipe, single))
+            del pipe
         code = server.stop()
         for clients, result in results.items():
             rates[batch, clients] = result["images/s"]
@@ -166,10 +170,9 @@ def main() -> None:
             )
     for clients in args.clients:
         print(f"\nbatching vs --max-batch-size 1 at {clients} clients: x{rates[8, clients] / rates[1, clients]:.2f}")
-    direct = direct_p50(model, args.dtype, single)
     print(
         f"one client, p50: server {alone * 1000:.0f} ms, direct pipeline() {direct * 1000:.0f} ms, "
-        f"difference {(alone - direct) * 1000:+.0f} ms"
+        f"difference {(alone - direct) * 1000:+.0f} ms (the server's model call: {model_call * 1000:.0f} ms)"
     )
 
 
