@@ -18,7 +18,7 @@ def similarities(rows: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     if rows.dim() == 2 and query.dim() == 1:
         return rows @ query
     if rows.dim() == 3 and query.dim() == 1:  # a text against BLIP-2 images: the best query
-        return (rows @ query).amax(dim=1)
+        return (rows.flatten(0, 1) @ query).view(rows.shape[:2]).amax(dim=1)  # one 2-D product
     if rows.dim() == 2:  # texts against a BLIP-2 image: the image's best query for each text
         return (rows @ query.t()).amax(dim=1)
     return rows.flatten(1) @ query.flatten() / rows.shape[1]  # BLIP-2 image against images, query by query
