@@ -1,4 +1,4 @@
-"""The ``blipkit`` command: caption, ask, match, embed, capfilt, serve and info.
+"""The ``blipkit`` command: caption, ask, match, embed, capfilt, serve, index, search, eval and info.
 
 Exit codes: 0 done, 2 usage error (argparse), 1 failure - reported in one line, without a traceback - and, for a
 batch job (--out), 3 when every image it processed failed (0 if some succeeded, or if all were already done).
@@ -154,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", metavar="MODEL", nargs="?", help="Hub id or local directory")
     info.add_argument("--speed", action="store_true", help="print this CPU's class and the forms blipkit runs")
     info.add_argument("--json", action="store_true", help="print JSON")
+
+    # Command groups kept beside what they run; each subcommand sets `handler`.
+    from blipkit.evaluate.commands import add_commands as add_eval_group
+    from blipkit.evaluate.metric_commands import add_eval_commands
+    from blipkit.index.commands import add_commands as add_index_commands
+
+    add_index_commands(commands)
+    add_eval_commands(add_eval_group(commands))
     return parser
 
 
@@ -463,9 +471,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def _run_handler(args: argparse.Namespace) -> int:
+    return args.handler(args)
+
+
 COMMANDS = {
     "caption": cmd_caption, "ask": cmd_ask, "match": cmd_match, "capfilt": cmd_capfilt, "serve": cmd_serve,
-    "info": cmd_info,
+    "info": cmd_info, "index": _run_handler, "search": _run_handler, "eval": _run_handler,
 }  # fmt: skip
 
 
