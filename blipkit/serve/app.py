@@ -41,7 +41,8 @@ def create_app(service: Service) -> FastAPI:
         """Models loaded and not draining: 200, else 503."""
         if service.draining:
             return _error(503, "draining", "the server is shutting down")
-        return JSONResponse({"status": "ready", "models": [model.name for model in service.models]})
+        models = [{"name": model.name, "routes": model.routes} for model in service.models]
+        return JSONResponse({"status": "ready", "models": models})
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -52,7 +53,7 @@ def create_app(service: Service) -> FastAPI:
     async def caption(request: Request) -> dict[str, Any]:
         """Caption each image: ``{"images": [...], "prompt"?, "max_new_tokens"?, "num_beams"?, ...}``."""
         body = await read_body(request, CaptionRequest)
-        served = service.models.pick("caption", body.model)
+        served = service.models.pick("/v1/caption", body.model)
         texts = None if body.prompt is None else [body.prompt] * len(body.images)
         service.check_texts(texts or [], "prompt")
         generated = await service.generate(served, "image-to-text", body.images, texts, body)
@@ -62,7 +63,7 @@ def create_app(service: Service) -> FastAPI:
     async def vqa(request: Request) -> dict[str, Any]:
         """Answer a question about each image: ``{"images": [...], "question": ...}`` or ``"questions": [...]``."""
         body = await read_body(request, VqaRequest)
-        served = service.models.pick("vqa", body.model)
+        served = service.models.pick("/v1/vqa", body.model)
         questions = body.asked()
         service.check_texts(questions, "question")
         task = "visual-question-answering"
@@ -73,7 +74,7 @@ def create_app(service: Service) -> FastAPI:
     async def match(request: Request) -> dict[str, Any]:
         """Score texts against an image: ITM probability (``itm``) and ITC cosine (``itc``) for each."""
         body = await read_body(request, MatchRequest)
-        served = service.models.pick("match", body.model)
+        served = service.models.pick("/v1/match", body.model)
         service.check_texts(body.texts, "text")
         scores = await service.match(served, body.image, body.texts)
         record = served.tasks["image-text-matching"].task.record
@@ -83,7 +84,7 @@ def create_app(service: Service) -> FastAPI:
     async def embeddings(request: Request) -> dict[str, Any]:
         """Normalized ITC embeddings of images and texts, comparable by dot product (BLIP-2: one per query)."""
         body = await read_body(request, EmbeddingsRequest)
-        served = service.models.pick("embeddings", body.model)
+        served = service.models.pick("/v1/embeddings", body.model)
         service.check_texts(body.texts or [], "text")
         vectors = await service.embed(served, body.images, body.texts)
         kinds = ["image"] * len(body.images or []) + ["text"] * len(body.texts or [])

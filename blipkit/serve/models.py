@@ -17,11 +17,11 @@ from blipkit.tasks import TASKS, LoadedTask, Task, checkpoint_model_type, load
 # Each route and the tasks it runs, in order of preference: a chat message is the question for a model that
 # answers questions (BLIP VQA, BLIP-2), else the prompt a caption continues.
 ROUTES: dict[str, tuple[str, ...]] = {
-    "caption": ("image-to-text",),
-    "vqa": ("visual-question-answering",),
-    "match": ("image-text-matching",),
-    "embeddings": ("image-embedding", "text-embedding"),
-    "chat": ("visual-question-answering", "image-to-text"),
+    "/v1/caption": ("image-to-text",),
+    "/v1/vqa": ("visual-question-answering",),
+    "/v1/match": ("image-text-matching",),
+    "/v1/embeddings": ("image-embedding", "text-embedding"),
+    "/v1/chat/completions": ("visual-question-answering", "image-to-text"),
 }
 SERVED_TASKS = tuple(dict.fromkeys(task for tasks in ROUTES.values() for task in tasks))
 
@@ -114,17 +114,13 @@ class Models:
             if model is None:
                 raise ModelNotFound(f"no model {name!r} is loaded; loaded: {', '.join(self.by_name)}")
             if not model.serves(route):
-                raise ModelNotFound(f"model {name!r} does not serve /v1/{route}; it serves {self._routes(model)}")
+                raise ModelNotFound(f"model {name!r} does not serve {route}; it serves {', '.join(model.routes)}")
             return model
         model = next((m for m in self if m.serves(route)), None)
         if model is None:
-            served = "; ".join(f"{m.name}: {self._routes(m)}" for m in self)
-            raise ModelNotFound(f"no loaded model serves /v1/{route} (loaded: {served})")
+            served = "; ".join(f"{m.name}: {', '.join(m.routes)}" for m in self)
+            raise ModelNotFound(f"no loaded model serves {route} (loaded: {served})")
         return model
-
-    @staticmethod
-    def _routes(model: ServedModel) -> str:
-        return ", ".join(f"/v1/{route}" for route in model.routes if route != "chat")
 
     def run(self, key: BatchKey, items: Sequence[Item]) -> list[Any]:
         """One model call for a batch (the batcher's ``run``): one result per item, as the task's run gives it."""

@@ -74,9 +74,9 @@ def router(service: Service) -> APIRouter:
         """The last user message's image, and its text as the question (VQA, BLIP-2) or the prompt a caption
         continues; ``max_tokens``, ``temperature``, ``top_p``, ``n`` and ``seed`` as OpenAI reads them."""
         body = await read_body(request, ChatRequest, forms=False)
-        served = service.models.pick("chat", body.model)
+        served = service.models.pick("/v1/chat/completions", body.model)
         image, text = _image_and_text(body.messages)
-        task = served.task_for("chat").task.name
+        task = served.task_for("/v1/chat/completions").task.name
         if not text and "image-to-text" in served.tasks:  # nothing asked: a model that captions describes the image
             task = "image-to-text"
         if task == "visual-question-answering" and not text:
