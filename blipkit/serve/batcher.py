@@ -20,10 +20,11 @@ OnBatch = Callable[[Hashable, int, float], None]
 
 
 class QueueFull(Exception):
-    """The queue holds ``max_queue`` requests already; ``retry_after`` (seconds) is when to try again."""
+    """The queue holds ``max_queue`` requests, or more work than ``deadline_s`` allows; ``retry_after`` (seconds) is
+    when to try again."""
 
-    def __init__(self, max_queue: int, retry_after: int) -> None:
-        super().__init__(f"the queue is full ({max_queue} requests waiting); retry after {retry_after} s")
+    def __init__(self, why: str, retry_after: int) -> None:
+        super().__init__(f"the queue is full ({why}); retry after {retry_after} s")
         self.retry_after = retry_after
 
 
@@ -53,7 +54,9 @@ class _Part:
 class Batcher:
     """Queues requests by key and runs each batch through ``run`` in a worker thread of its own.
 
-    ``submit`` raises ``QueueFull`` at once when ``max_queue`` requests wait; a cancelled ``submit`` (a timeout, a
+    ``submit`` raises ``QueueFull`` at once when ``max_queue`` requests wait, or when the items ahead of a request
+    would take the model longer than ``deadline_s`` at its recent seconds per item (refused at once, a client can go
+    elsewhere, rather than wait to time out while the model works for nobody). A cancelled ``submit`` (a timeout, a
     client gone) takes its items out of the queue. When a batch fails, each of its requests runs again alone, so a
     request with a bad input fails itself and not its batch-mates.
     """
@@ -65,6 +68,8 @@ class Batcher:
         max_wait_s: float = 0.01,
         max_queue: int = 256,
         on_batch: OnBatch | None = None,
+        deadline_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError(
@@ -76,8 +81,11 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.on_batch = on_batch
+        self.deadline_s = deadline_s
+        self.clock = clock
         self.running = 0  # items in the model now
         self.last_batch_seconds = 0.0
+        self.item_seconds = 0.0  # a model call's seconds per item, averaged over recent calls
         self._queues: dict[Hashable, deque[_Request]] = {}
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="blipkit-model")
         self._wake: asyncio.Event | None = None
@@ -96,11 +104,17 @@ class Batcher:
         """The results of ``items``, one each, run in batches with other requests of the same ``key``."""
         if not items:
             return []
+        retry_after = max(1, math.ceil(self.max_wait_s + self.last_batch_seconds))
         waiting = sum(len(queue) for queue in self._queues.values())
         if waiting >= self.max_queue:
-            raise QueueFull(self.max_queue, max(1, math.ceil(self.max_wait_s + self.last_batch_seconds)))
+            raise QueueFull(f"{waiting} requests waiting", retry_after)
+        ahead = self.depth + self.running
+        expected = (ahead + len(items)) * self.item_seconds
+        # With nothing ahead a request always runs: the estimate (maybe from one slow call) is renewed by it.
+        if ahead and self.deadline_s is not None and expected > self.deadline_s:
+            raise QueueFull(f"~{expected:.0f} s of work ahead, over the {self.deadline_s:g} s limit", retry_after)
         self._start()
-        request = _Request(key, items, asyncio.get_running_loop().create_future(), time.monotonic())
+        request = _Request(key, items, asyncio.get_running_loop().create_future(), self.clock())
         request.results = [None] * len(items)
         self._queues.setdefault(key, deque()).append(request)
         self._wake.set()
@@ -145,6 +159,8 @@ class Batcher:
                 self.running = 0
             self.last_batch_seconds = sum(seconds for _, seconds in calls)
             for size, seconds in calls:
+                recent = seconds / size
+                self.item_seconds = recent if not self.item_seconds else 0.8 * self.item_seconds + 0.2 * recent
                 if self.on_batch is not None:
                     self.on_batch(key, size, seconds)
             for part, outcome in zip(parts, outcomes, strict=True):
@@ -155,7 +171,7 @@ class Batcher:
         first among several, so that no key starves."""
         while True:
             self._wake.clear()
-            now = time.monotonic()
+            now = self.clock()
             full = [k for k, queue in self._queues.items() if sum(r.waiting for r in queue) >= self.max_batch_size]
             due = full or [k for k, queue in self._queues.items() if queue[0].arrived + self.max_wait_s <= now]
             if due:
@@ -208,11 +224,11 @@ class Batcher:
             return error
 
     def _call(self, key: Hashable, items: Sequence[Any], calls: list) -> list[Any]:
-        started = time.monotonic()
+        started = self.clock()
         try:
             results = self.run(key, items)
         finally:
-            calls.append((len(items), time.monotonic() - started))
+            calls.append((len(items), self.clock() - started))
         if len(results) != len(items):
             raise RuntimeError(f"run returned {len(results)} results for {len(items)} items")
         return results

@@ -51,7 +51,9 @@ class Service:
         self.models = models
         self.limits = limits
         self.timeout_s = timeout_s
-        self.batcher = Batcher(run or models.run, max_batch_size, max_wait_ms / 1000, max_queue, self._batch_done)
+        self.batcher = Batcher(
+            run or models.run, max_batch_size, max_wait_ms / 1000, max_queue, self._batch_done, deadline_s=timeout_s
+        )
         self.decoders = ThreadPoolExecutor(decode_workers, thread_name_prefix="blipkit-decode")
         self.in_flight = 0  # HTTP requests being answered
         self.draining = False  # set on SIGTERM/SIGINT: new requests get 503 while these finish

@@ -112,6 +112,28 @@ def test_a_full_queue_refuses_at_once_and_says_when_to_retry():
     assert results == [["running"], ["queued"]]
 
 
+def test_more_work_than_the_deadline_allows_is_refused_at_once():
+    now = [0.0]
+
+    def ten_seconds_an_item(key, items):  # on a clock of the test's own: no time passes
+        now[0] += 10 * len(items)
+        return items
+
+    async def main():
+        batcher = Batcher(ten_seconds_an_item, max_batch_size=1, max_wait_s=0, deadline_s=25, clock=lambda: now[0])
+        first = await batcher.submit("k", [1])  # the batcher learns: 10 s an item
+        alone = await batcher.submit("k", [1, 2, 3])  # nothing ahead: it runs, whatever the estimate says
+        queued = [asyncio.ensure_future(batcher.submit("k", [i])) for i in range(2)]  # 20 s of work
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull, match="~30 s of work ahead, over the 25 s limit"):
+            await batcher.submit("k", [3])
+        results = await asyncio.gather(*queued)
+        await batcher.close()
+        return first, alone, results
+
+    assert run(main()) == ([1], [1, 2, 3], [[0], [1]])
+
+
 def test_a_cancelled_request_leaves_the_queue_and_never_runs():
     started, release = threading.Event(), threading.Event()
     seen = []
