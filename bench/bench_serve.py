@@ -5,8 +5,9 @@
 
 For each server setting (dynamic batching at --max-batch-size 8, then 1) a real ``blipkit serve`` process is
 started on 127.0.0.1 and, for each client count, that many clients post one image after another for the phase's
-time; no request starts after it (those in flight finish, within the server's --timeout-s), so every phase ends by
-itself. Throughput counts answered images per second of the phase; latency is per request. Then one client alone
+time (after a 429, each waits its Retry-After); no request starts after it (those in flight finish, within the
+server's --timeout-s), so every phase ends by itself. Throughput counts answered images per second of the phase;
+latency is per answered request. Then one client alone
 against the batching server and a direct ``pipeline()`` call on the same image in this process, in turns.
 Captions are fixed-length (min_new_tokens = max_new_tokens) so every request does the same work. Random weights:
 speed does not depend on their values.
@@ -87,6 +88,8 @@ async def load(url: str, clients: int, seconds: float) -> dict:
                 statuses[response.status_code] += 1
                 if response.status_code == 200:
                     latencies.append(time.perf_counter() - started)
+                elif response.status_code == 429:  # as a polite client: back off as told, within the phase
+                    await asyncio.sleep(min(float(response.headers["retry-after"]), end - time.perf_counter()))
                 sent += 1
 
         began = time.perf_counter()
