@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=60.0,
         metavar="SECONDS",
-        help="answer within this or 504 (default: %(default)s)",
+        help="answer within this or 504; a request that would wait longer behind queued work gets 429 at once "
+        "(default: %(default)s)",
     )
     serve.add_argument(
         "--decode-workers", type=_positive, default=2, metavar="N", help="image decoding threads (default: %(default)s)"
