@@ -165,10 +165,10 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from blipkit.index.index import Index
-
     if (args.text is None) == (args.image is None):
         raise ValueError("search needs a TEXT or --image (one of them)")
+    from blipkit.index.index import Index
+
     index = Index.open(args.index, args.device, args.dtype)
     hits = index.search(text=args.text, image=args.image, k=args.top_k, rerank=args.rerank, where=args.where)
     if args.json:
