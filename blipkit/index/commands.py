@@ -29,7 +29,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                                     "again). Inputs: anything a batch job reads.")  # fmt: skip
         parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, globs, lists, tables, shards")
         _index_option(parser)
-        _embedding_options(parser, model_default=MATCHING_MODEL if name == "build" else None)
+        _embedding_options(parser, f"the index's, else {MATCHING_MODEL}" if name == "build" else "the index's")
         parser.set_defaults(handler=cmd_add)
 
     texts = actions.add_parser(
@@ -39,7 +39,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     texts.add_argument("inputs", nargs="+", metavar="TEXTS", help=".txt, .csv or .parquet")
     _index_option(texts)
-    texts.add_argument("--model", default=None, help=f"Hub id or directory (default: {MATCHING_MODEL})")
+    default = f"the index's, else {MATCHING_MODEL}"
+    texts.add_argument("--model", default=None, help=f"Hub id or directory (default: {default})")
     texts.add_argument("--batch-size", type=_positive, default=64, help="texts per batch (default: %(default)s)")
     _device_options(texts)
     texts.set_defaults(handler=cmd_build_texts)
@@ -88,9 +89,8 @@ def _device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights' dtype")
 
 
-def _embedding_options(parser: argparse.ArgumentParser, model_default: str | None) -> None:
-    shown = model_default or "the index's"
-    parser.add_argument("--model", default=model_default, help=f"Hub id or directory (default: {shown})")
+def _embedding_options(parser: argparse.ArgumentParser, model_default: str) -> None:
+    parser.add_argument("--model", default=None, help=f"Hub id or directory (default: {model_default})")
     parser.add_argument("--batch-size", type=_positive, default=8, help="images per batch (default: %(default)s)")
     parser.add_argument("--workers", type=_positive, default=2, help="decoding threads (default: %(default)s)")
     parser.add_argument("--quantize", default=None, choices=["int8"], help="store linear layers' weights as int8")

@@ -91,12 +91,13 @@ class Index:
         device: Any = None,
         dtype: Any = None,
     ) -> Index:
-        """A new, empty index of ``model``'s embeddings - or the one already at ``directory``, if it was built with
-        the same model and holds the same kind (so that building again resumes)."""
+        """A new, empty index of ``model``'s embeddings (default: blip-itm-base-coco) - or the one already at
+        ``directory``, if it holds the same kind and was built with ``model`` (or none is given), so that building
+        again resumes."""
         directory = Path(directory)
         if (directory / manifests.FILE).exists():
             index = cls.open(directory, device, dtype)
-            manifests.check_same_model(directory, index.manifest, model or MATCHING_MODEL, kind)
+            manifests.check_same_model(directory, index.manifest, model, kind)
             return index
         if directory.exists() and not directory.is_dir():
             raise IndexRefused(f"cannot make an index at {directory}: it is a file")

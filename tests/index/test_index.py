@@ -95,6 +95,7 @@ def test_another_model_is_refused_naming_both(retrieval_models, photos):
         index.add(str(photos), model=str(retrieval_models["other"]))
     with pytest.raises(IndexRefused, match="built with .*blip; adding with .*other"):
         Index.build(str(photos), index.directory, model=str(retrieval_models["other"]))
+    assert Index.build(str(photos), index.directory).manifest.model == str(retrieval_models["blip"])  # resumes
     with pytest.raises(IndexRefused, match="index of images; it cannot take texts"):
         index.add_texts(str(photos / "captions.txt"))
 
