@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from blipkit.arguments import count, engine_options, positive, runtime_options
 from blipkit.tasks import TASKS
 
 PROGRESS_THRESHOLD = 4  # show a progress bar from this many images on
@@ -82,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     capfilt.add_argument("images", nargs="+", metavar="INPUT", help="images, folders, globs, lists, tables or shards")
     capfilt.add_argument("--captioner", default=TASKS["image-to-text"].default_model, help="captioning model")
     capfilt.add_argument("--filter", default=TASKS["image-text-matching"].default_model, help="ITM model")
-    capfilt.add_argument("--captions-per-image", type=_count, default=1, help="synthetic captions (default: 1)")
+    capfilt.add_argument("--captions-per-image", type=count, default=1, help="synthetic captions (default: 1)")
     capfilt.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling's p (default: %(default)s)")
-    capfilt.add_argument("--max-new-tokens", type=_positive, default=30, help="longest caption (default: 30)")
+    capfilt.add_argument("--max-new-tokens", type=positive, default=30, help="longest caption (default: 30)")
     capfilt.add_argument("--prompt", default="a picture of ", help="text captions continue (default: %(default)r)")
     capfilt.add_argument(
         "--keep", choices=["itm", "threshold", "top"], default="itm",
@@ -92,10 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k best captions of each image by ITM",
     )  # fmt: skip
     capfilt.add_argument("--threshold", type=float, default=0.5, help="with --keep threshold (default: 0.5)")
-    capfilt.add_argument("--top-k", type=_positive, default=1, help="with --keep top (default: 1)")
+    capfilt.add_argument("--top-k", type=positive, default=1, help="with --keep top (default: 1)")
     capfilt.add_argument("--seed", type=int, default=0, help="sampling seed; with the image id it fixes each caption")
     capfilt.add_argument("--report", help="also write a self-contained HTML report here")
-    _runtime_options(capfilt)
+    runtime_options(capfilt)
     _job_options(capfilt, required=True)
 
     serve = commands.add_parser(
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     serve.add_argument("--port", type=_port, default=8000, help="port (default: %(default)s; 0: a free one)")
     serve.add_argument(
-        "--max-batch-size", type=_positive, default=8, metavar="N", help="images per model call (default: %(default)s)"
+        "--max-batch-size", type=positive, default=8, metavar="N", help="images per model call (default: %(default)s)"
     )
     serve.add_argument(
         "--max-wait-ms",
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-queue",
-        type=_positive,
+        type=positive,
         default=256,
         metavar="N",
         help="requests waiting before 429 (default: %(default)s)",
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     serve.add_argument(
-        "--decode-workers", type=_positive, default=2, metavar="N", help="image decoding threads (default: %(default)s)"
+        "--decode-workers", type=positive, default=2, metavar="N", help="image decoding threads (default: %(default)s)"
     )
     serve.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     serve.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights' dtype")
@@ -167,21 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _generation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--beams", type=_positive, default=None, help="beam search with N beams (default: greedy)")
-    parser.add_argument("--max-new-tokens", type=_positive, default=None, help="longest output in tokens")
+    parser.add_argument("--beams", type=positive, default=None, help="beam search with N beams (default: greedy)")
+    parser.add_argument("--max-new-tokens", type=positive, default=None, help="longest output in tokens")
 
 
 def _model_options(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--model", default=TASKS[task].default_model, help="Hub id or directory (default: %(default)s)")
-    _runtime_options(parser)
+    runtime_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
-
-
-def _runtime_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights' dtype")
-    parser.add_argument("--quantize", default=None, choices=["int8"], help="store linear layers' weights as int8")
-    parser.add_argument("--batch-size", type=_positive, default=8, help="images per batch (default: %(default)s)")
 
 
 def _job_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -192,24 +186,7 @@ def _job_options(parser: argparse.ArgumentParser, required: bool = False) -> Non
     group.add_argument(
         "--overwrite", action="store_true", help="remove --out (and its journal and record) and start afresh"
     )
-    group.add_argument("--workers", type=_positive, default=2, help="decoding threads (default: %(default)s)")
-    group.add_argument("--engine", choices=["local", "ray"], default="local", help="where the model runs")
-    group.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
-    group.add_argument("--ray-actors", type=_positive, default=1, help="model replicas on Ray (default: 1)")
-
-    def gpus_per_actor(value: str) -> float:
-        from blipkit.jobs.ray_engine import check_gpus_per_actor
-
-        try:
-            gpus = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number of GPUs, got {value!r}") from None
-        try:
-            return check_gpus_per_actor(gpus)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    group.add_argument("--ray-gpus", type=gpus_per_actor, default=0.0, help="GPUs per Ray actor (default: 0)")
+    engine_options(group)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -256,25 +233,6 @@ def _seconds(value: str) -> float:
     if number == 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
     return number
-
-
-def _integer_from(minimum: int, expected: str) -> Callable[[str], int]:
-    """An argparse type: an integer of at least ``minimum``, else an error saying what was ``expected``."""
-
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            number = minimum - 1
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
-        return number
-
-    return parse
-
-
-_positive = _integer_from(1, "a positive integer")
-_count = _integer_from(0, "0 or a positive integer")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from blipkit.arguments import device_options, positive
 from blipkit.tasks import MATCHING_MODEL
 
 
@@ -20,11 +21,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsers
     )
     retrieval.add_argument("--annotations", required=True, help="e.g. coco_karpathy_test.json")
     retrieval.add_argument("--images", required=True, metavar="DIR", help="the folder the file's image paths start in")
-    retrieval.add_argument("--k-test", type=int, default=256, help="candidates re-ranked per query (default: 256)")
+    retrieval.add_argument("--k-test", type=positive, default=256, help="candidates re-ranked per query (default: 256)")
     retrieval.add_argument("--model", default=MATCHING_MODEL, help="Hub id or directory (default: %(default)s)")
-    retrieval.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
-    retrieval.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
-    retrieval.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights' dtype")
+    retrieval.add_argument("--batch-size", type=positive, default=16, help="images per batch (default: %(default)s)")
+    device_options(retrieval)
     retrieval.add_argument("--json", action="store_true", help="print JSON")
     retrieval.set_defaults(handler=cmd_retrieval)
     return benchmarks

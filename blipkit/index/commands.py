@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+from blipkit.arguments import count, device_options, engine_options, positive, runtime_options
 from blipkit.tasks import MATCHING_MODEL
 
 
@@ -41,8 +42,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _index_option(texts)
     default = f"the index's, else {MATCHING_MODEL}"
     texts.add_argument("--model", default=None, help=f"Hub id or directory (default: {default})")
-    texts.add_argument("--batch-size", type=_positive, default=64, help="texts per batch (default: %(default)s)")
-    _device_options(texts)
+    texts.add_argument("--batch-size", type=positive, default=64, help="texts per batch (default: %(default)s)")
+    device_options(texts)
     texts.set_defaults(handler=cmd_build_texts)
 
     remove = actions.add_parser("remove", help="remove rows by id", description="Remove rows by id, at once.")
@@ -60,7 +61,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _index_option(dedup)
     dedup.add_argument("--threshold", type=float, default=0.95, help="similarity (default: %(default)s)")
     dedup.add_argument("--json", action="store_true", help="print one JSON array per group")
-    _device_options(dedup)
+    device_options(dedup)
     dedup.set_defaults(handler=cmd_dedup)
 
     search = subparsers.add_parser(
@@ -72,11 +73,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("text", nargs="?", metavar="TEXT", help="what to look for")
     search.add_argument("--image", help="an image to look for instead of a text")
     _index_option(search)
-    search.add_argument("--top-k", type=_positive, default=10, help="results (default: %(default)s)")
-    search.add_argument("--rerank", type=_non_negative_int, default=0, metavar="K", help="re-rank the best K by ITM")
+    search.add_argument("--top-k", type=positive, default=10, help="results (default: %(default)s)")
+    search.add_argument("--rerank", type=count, default=0, metavar="K", help="re-rank the best K by ITM")
     search.add_argument("--where", metavar="EXPR", help="SQL filter over the rows: \"path LIKE '%%/2023/%%'\"")
     search.add_argument("--json", action="store_true", help="print a JSON array, best first")
-    _device_options(search)
+    device_options(search)
     search.set_defaults(handler=cmd_search)
 
 
@@ -84,21 +85,10 @@ def _index_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, metavar="DIR", help="the index folder")
 
 
-def _device_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights' dtype")
-
-
 def _embedding_options(parser: argparse.ArgumentParser, model_default: str) -> None:
     parser.add_argument("--model", default=None, help=f"Hub id or directory (default: {model_default})")
-    parser.add_argument("--batch-size", type=_positive, default=8, help="images per batch (default: %(default)s)")
-    parser.add_argument("--workers", type=_positive, default=2, help="decoding threads (default: %(default)s)")
-    parser.add_argument("--quantize", default=None, choices=["int8"], help="store linear layers' weights as int8")
-    parser.add_argument("--engine", choices=["local", "ray"], default="local", help="where the model runs")
-    parser.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray)")
-    parser.add_argument("--ray-actors", type=_positive, default=1, help="model replicas on Ray (default: 1)")
-    parser.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per Ray actor (default: 0)")
-    _device_options(parser)
+    runtime_options(parser)
+    engine_options(parser)
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -183,20 +173,3 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _line(hit: dict[str, Any], label: str) -> str:
     itm = "" if hit["itm"] is None else f"\titm {hit['itm']:.4f}"
     return f"{hit['score']:.4f}\titc {hit['itc']:.4f}{itm}\t{hit[label]}"
-
-
-def _positive(value: str) -> int:
-    number = _non_negative_int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
-    return number
