@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     serve.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights' dtype")
     serve.add_argument("--quantize", default=None, choices=["int8"], help="store linear layers' weights as int8")
+    serve.add_argument(
+        "--index", action="append", metavar="DIR", help="a `blipkit index` folder to search at /v1/search (repeatable)"
+    )
     serve.late_options = _limit_options
 
     info = commands.add_parser(
@@ -422,6 +425,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.port,
         Limits.from_arguments(args),
         {"device": args.device, "dtype": args.dtype, "quantize": args.quantize},
+        indexes=args.index or (),
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,

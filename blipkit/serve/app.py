@@ -18,7 +18,7 @@ from blipkit.serve.bodies import openapi_body, read_body
 from blipkit.serve.limits import BodySizeLimit, RequestRefused
 from blipkit.serve.metrics import CONTENT_TYPE
 from blipkit.serve.models import ModelNotFound, ServedModel, presented
-from blipkit.serve.schemas import CaptionRequest, EmbeddingsRequest, MatchRequest, VqaRequest
+from blipkit.serve.schemas import CaptionRequest, EmbeddingsRequest, MatchRequest, SearchRequest, VqaRequest
 from blipkit.serve.service import Service, Timeout
 
 log = logging.getLogger("blipkit.serve")
@@ -91,6 +91,14 @@ def create_app(service: Service) -> FastAPI:
         data = [{"object": "embedding", "index": i, "input": kind, "embedding": vector}
                 for i, (kind, vector) in enumerate(zip(kinds, vectors, strict=True))]  # fmt: skip
         return {"object": "list", "model": served.name, "data": data}
+
+    @app.post("/v1/search", openapi_extra=openapi_body(SearchRequest))
+    async def search(request: Request) -> dict[str, Any]:
+        """Search a loaded index (``--index DIR``) by ``text`` or ``image``: ``k`` rows best first, ``rerank`` the
+        best K by ITM, ``where`` a SQL filter - as ``blipkit search`` and ``Index.search``."""
+        body = await read_body(request, SearchRequest)
+        name, hits = await service.search(body)
+        return {"index": name, "results": hits}
 
     app.include_router(openai_api.router(service))
     app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_body_bytes)

@@ -47,6 +47,25 @@ class Generation(Body):
         return self.model_dump(include=set(Generation.model_fields) - {"model", "seed"}, exclude_none=True)
 
 
+class SearchRequest(BaseModel):
+    """A search of a loaded index (``blipkit serve --index DIR``) by a text or an image."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    index: str | None = Field(None, description="a loaded index's name (default: the first)")
+    text: str | None = Field(None, description="text -> images (or texts)")
+    image: ImageRef | None = Field(None, description="image -> images, or -> texts over a text index")
+    k: int = Field(10, ge=1, le=1000, description="how many results, best first")
+    rerank: int = Field(0, ge=0, le=1000, description="re-score the best K by ITM (BLIP's match logit + ITC)")
+    where: str | None = Field(None, description="a SQL filter over the rows' columns, e.g. \"path LIKE '%/2023/%'\"")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("give text or image, one of them")
+        return self
+
+
 class CaptionRequest(Generation):
     images: list[ImageRef] = Field(min_length=1)
     prompt: str | None = Field(None, description='text the caption continues, e.g. "a picture of"')

@@ -88,12 +88,20 @@ def run(
     port: int,
     limits: Limits,
     load_options: dict[str, Any],
+    indexes: Sequence[str] = (),
     **batching: Any,
 ) -> int:
-    """Load ``models`` (ids or directories) with ``load_options`` (dtype, device, quantize) and serve them."""
+    """Load ``models`` (ids or directories) with ``load_options`` (dtype, device, quantize), open ``indexes``
+    (``blipkit index`` folders, searched at /v1/search), and serve them."""
     loaded = []
     for name in models:
         print(f"blipkit: loading {name}", file=sys.stderr, flush=True)
         loaded.append(load_model(name, **{k: v for k, v in load_options.items() if v is not None}))
-    asyncio.run(serve(Service(Models(loaded), limits, **batching), host, port))
+    opened = []
+    if indexes:
+        from blipkit.index.index import Index
+
+        device, dtype = load_options.get("device"), load_options.get("dtype")
+        opened = [Index.open(directory, device=device, dtype=dtype) for directory in indexes]
+    asyncio.run(serve(Service(Models(loaded), limits, indexes=opened, **batching), host, port))
     return 0

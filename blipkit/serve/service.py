@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+from PIL import Image
 
 from blipkit.processing.image import ImageError
 from blipkit.serve.batcher import Batcher, Run
@@ -21,9 +22,12 @@ from blipkit.serve.limits import (
     image_from_reference,
 )
 from blipkit.serve.metrics import Metrics
-from blipkit.serve.models import BatchKey, Item, Models, ServedModel
-from blipkit.serve.schemas import Generation
+from blipkit.serve.models import BatchKey, Item, ModelNotFound, Models, ServedModel
+from blipkit.serve.schemas import Generation, SearchRequest
 from blipkit.tasks import LoadedTask
+
+if TYPE_CHECKING:
+    from blipkit.index.index import Index
 
 T = TypeVar("T")
 
@@ -47,8 +51,12 @@ class Service:
         timeout_s: float = 60,
         decode_workers: int = 2,
         run: Run | None = None,
+        indexes: Sequence[Index] = (),
     ) -> None:
         self.models = models
+        self.indexes = {str(index.directory): index for index in indexes}  # by the directory given to --index
+        # One search at a time per server: an index's snapshot and retrieval model are not shared across threads.
+        self.searcher = ThreadPoolExecutor(1, thread_name_prefix="blipkit-search")
         self.limits = limits
         self.timeout_s = timeout_s
         self.batcher = Batcher(
@@ -77,11 +85,14 @@ class Service:
         loop = asyncio.get_running_loop()
         return await asyncio.gather(*(loop.run_in_executor(self.decoders, self._pixels, loaded, s) for s in sources))
 
-    def _pixels(self, loaded: LoadedTask, source: str | bytes) -> torch.Tensor:
+    def _image(self, source: str | bytes) -> Image.Image:
+        """An image from a request, within the limits: uploaded bytes, base64, a data: URL or an allowed URL."""
         if isinstance(source, bytes):
-            image = decode_image(source, self.limits)
-        else:
-            image = image_from_reference(source, self.limits)
+            return decode_image(source, self.limits)
+        return image_from_reference(source, self.limits)
+
+    def _pixels(self, loaded: LoadedTask, source: str | bytes) -> torch.Tensor:
+        image = self._image(source)
         try:
             return loaded.pixel_values([image])[0]
         except ImageError as error:  # a mode the image processor cannot convert to RGB
@@ -136,6 +147,30 @@ class Service:
             results += await self._submit(BatchKey(served.name, "text-embedding"), [Item(text=t) for t in texts])
         return results
 
+    async def search(self, request: SearchRequest) -> tuple[str, list[dict[str, Any]]]:
+        """The index's name and its best rows for the request's text or image, as ``Index.search`` gives them."""
+        if not self.indexes:
+            raise ModelNotFound("no index is loaded: start the server with --index DIR")
+        name = request.index or next(iter(self.indexes))
+        index = self.indexes.get(name)
+        if index is None:
+            raise ModelNotFound(f"no index {name!r} is loaded; loaded: {', '.join(self.indexes)}")
+        if request.text is not None:
+            check_text(request.text, self.limits, "text")
+        loop = asyncio.get_running_loop()
+        image = None
+        if request.image is not None:
+            image = await loop.run_in_executor(self.decoders, self._image, request.image)
+
+        def search() -> list[dict[str, Any]]:
+            return index.search(text=request.text, image=image, k=request.k, rerank=request.rerank,
+                                where=request.where)  # fmt: skip
+
+        try:
+            return name, await loop.run_in_executor(self.searcher, search)
+        except ValueError as error:  # a filter the store cannot parse, a re-rank the index cannot do: named
+            raise RequestRefused(422, "invalid_request", str(error)) from error
+
     async def _submit(self, key: BatchKey, items: list[Item]) -> list[Any]:
         try:
             return await self.batcher.submit(key, items)
@@ -147,6 +182,7 @@ class Service:
     async def close(self) -> None:
         await self.batcher.close()
         self.decoders.shutdown(wait=False)
+        self.searcher.shutdown(wait=False)
 
     def _batch_done(self, key: BatchKey, size: int, seconds: float) -> None:
         self.metrics.batch(key.task, size, seconds, images=0 if key.task == "text-embedding" else size)
