@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,14 +249,26 @@ def run_capfilt(
             shard.unlink()
     summary = execute(spec, inputs, rows_path, batch_size, workers, engine, ray_address, ray_actors,
                       ray_gpus_per_actor, overwrite, progress)  # fmt: skip
+    rows = read_rows(rows_path, FIELDS)
+    if progress:
+        print(f"capfilt: {kept_counts(rows)}", file=sys.stderr)
     if as_shards or report is not None:
-        rows = read_rows(rows_path, FIELDS)
         items = {item.id: item for item in iter_items(input_list(inputs))}
         if as_shards:
             write_shards(rows, items, Path(out))
         if report is not None:
             write_report(rows, items, Path(report))
     return summary
+
+
+def kept_counts(rows: list[dict[str, Any]]) -> str:
+    """'kept 3 of 4 web captions, 5 of 8 synthetic' over an output's rows (CSV's read back as text)."""
+    parts = []
+    for source in ("web", "synthetic"):
+        mine = [row for row in rows if row.get("source") == source]
+        kept = sum(_is_true(row.get("kept")) for row in mine)
+        parts.append(f"{kept} of {len(mine)} {source}" + (" captions" if source == "web" else ""))
+    return "kept " + ", ".join(parts)
 
 
 SHARD_ROWS = "capfilt.jsonl"  # where a shard output keeps its rows (and resumes from)
