@@ -273,5 +273,8 @@ def load(
         # OPT continues from its prompt's last position, so a batch's shorter prompts are padded before the text,
         # whatever side the tokenizer pads on (the reference pads as the tokenizer says: blip2-opt's pad right).
         processor.tokenizer.padding_side = "left"
+    elif task.model_classes is RETRIEVAL:
+        # A text's ITC embedding is its first token's (BLIP-2 like BLIP): padding must come after the text.
+        processor.tokenizer.padding_side = "right"
     template = prompt_template or task.prompt_templates.get(model_type, "{}")
     return LoadedTask(task, loaded, processor, template)

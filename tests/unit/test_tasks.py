@@ -121,6 +121,18 @@ def test_text_embeddings_equal_the_reference_and_share_the_image_space(blip2_dir
     torch.testing.assert_close(torch.tensor(blip.run(None, texts)), expected, atol=1e-5, rtol=1e-4)
 
 
+def test_retrieval_pads_texts_after_them_whatever_the_tokenizer_says(tmp_path):
+    """A text's ITC embedding is its first token's: batched texts must not start with padding."""
+    from blipkit.tasks import load
+
+    itm = save_tiny_blip2s(tmp_path, opt_padding_side="left")["itm"]
+    embed = load(TASKS["text-embedding"], itm)
+    texts = ["a cat", "a rocket lifting off from its pad at dawn"]
+    batched = torch.tensor(embed.run(None, texts))
+    alone = torch.tensor([embed.run(None, [text])[0] for text in texts])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
+
+
 def test_blip2_jobs_and_cli_equal_the_pipeline(blip2_dirs, tmp_path):
     pipe = blipkit.pipeline("vqa", model=blip2_dirs["t5"])
     expected = [pipe(image=str(p), question="what is this?", max_new_tokens=4)[0]["answer"] for p in IMAGES]
