@@ -4,10 +4,14 @@ one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from blipkit.index.index import Index
 from tests.conftest import IMAGES
 
 BLIPKIT = Path(sys.executable).parent / "blipkit"
@@ -43,3 +47,20 @@ def test_eval_retrieval_in_a_process(retrieval_models, tmp_path):
                      "--k-test", "2", "--model", retrieval_models["blip"])  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("TR@1 ") and "IR@10 " in result.stdout
+
+
+def test_a_build_on_ray_holds_the_local_build_rows(retrieval_models, photos):
+    pytest.importorskip("ray", reason="Ray is the 'ray' extra (part of the 'test' extra)")
+    env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    rows = {}
+    for engine in ("local", "ray"):
+        index = photos.parent / f"{engine}.idx"
+        command = [str(BLIPKIT), "index", "build", str(photos), "--index", str(index), "--model",
+                   str(retrieval_models["blip"]), "--engine", engine, "--ray-actors", "2"]  # fmt: skip
+        built = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        assert built.returncode == 0, built.stderr[-2000:]
+        assert "embedded 4, failed 1" in built.stderr
+        rows[engine] = Index.open(index).search(text="a cup of coffee", k=4)
+    assert [hit["id"] for hit in rows["ray"]] == [hit["id"] for hit in rows["local"]]
+    for on_ray, local in zip(rows["ray"], rows["local"], strict=True):
+        assert on_ray["itc"] == pytest.approx(local["itc"], abs=1e-5)
