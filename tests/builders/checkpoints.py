@@ -8,10 +8,19 @@ from pathlib import Path
 import torch
 
 from tests.bpe import save_bpe_tokenizer
-from tests.builders.configs import FLAN, QFORMER, QUERIES, TINY_T5, VISION
+from tests.builders.configs import FLAN, QFORMER, QUERIES, SAME_WIDTH, TINY_T5, VISION
 from tests.builders.models import reference_blip2
-from tests.reference import perturb_
+from tests.reference import perturb_, save_reference
 from tests.unigram import save_unigram_tokenizer
+
+
+def save_tiny_blips(root: Path) -> dict[str, Path]:
+    """Directories ``caption``, ``vqa`` and ``itm`` under ``root``: a tiny reference BLIP of each task's class, with
+    its processor (the VQA model's text width the vision width, as its cross-attention to questions needs)."""
+    save_reference("BlipForConditionalGeneration", root / "caption")
+    save_reference("BlipForQuestionAnswering", root / "vqa", **SAME_WIDTH)
+    save_reference("BlipForImageTextRetrieval", root / "itm")
+    return {name: root / name for name in ("caption", "vqa", "itm")}
 
 
 def save_tiny_blip2s(root: Path, opt_padding_side: str = "left") -> dict[str, Path]:

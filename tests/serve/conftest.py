@@ -15,21 +15,16 @@ from blipkit.serve.app import create_app
 from blipkit.serve.limits import Limits
 from blipkit.serve.models import Models, load_model
 from blipkit.serve.service import Service
-from tests.builders.checkpoints import save_tiny_blip2s
-from tests.builders.configs import SAME_WIDTH
+from tests.builders.checkpoints import save_tiny_blip2s, save_tiny_blips
 from tests.conftest import IMAGES
-from tests.reference import save_reference
 
 
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
-    save_reference("BlipForConditionalGeneration", root / "caption")
-    save_reference("BlipForQuestionAnswering", root / "vqa", **SAME_WIDTH)
-    save_reference("BlipForImageTextRetrieval", root / "itm")
+    blip = save_tiny_blips(root)
     # Right padding: a BLIP-2 text embedding is its first token's, which left padding would make a pad's.
     blip2 = save_tiny_blip2s(root / "blip2", opt_padding_side="right")
-    blip = {name: root / name for name in ("caption", "vqa", "itm")}
     return {**blip, **{f"blip2-{name}": path for name, path in blip2.items()}}
 
 

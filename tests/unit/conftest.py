@@ -7,17 +7,14 @@ import shutil
 import pytest
 from PIL import Image
 
-from tests.builders.configs import SAME_WIDTH
+from tests.builders.checkpoints import save_tiny_blips
 from tests.conftest import IMAGES
-from tests.reference import save_reference
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    save_reference("BlipForConditionalGeneration", root / "caption")
-    save_reference("BlipForQuestionAnswering", root / "vqa", **SAME_WIDTH)
-    save_reference("BlipForImageTextRetrieval", root / "itm")
+    save_tiny_blips(root)
     return root
 
 
