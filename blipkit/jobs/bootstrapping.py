@@ -249,7 +249,9 @@ def run_capfilt(
             shard.unlink()
     summary = execute(spec, inputs, rows_path, batch_size, workers, engine, ray_address, ray_actors,
                       ray_gpus_per_actor, overwrite, progress)  # fmt: skip
-    rows = read_rows(rows_path, FIELDS)
+    if not (progress or as_shards or report is not None):
+        return summary
+    rows = read_rows(rows_path, FIELDS)  # every row the output holds, this run's and earlier runs'
     if progress:
         print(f"capfilt: {kept_counts(rows)}", file=sys.stderr)
     if as_shards or report is not None:
