@@ -323,16 +323,15 @@ class Index:
         readable, pixel_values = [], []
         for hit, image in zip(hits, _reread([rows[h["id"]] for h in hits]), strict=True):
             try:
-                pixel_values.append(loaded.processor.image_processor(image)["pixel_values"])
+                pixel_values.append(loaded.image_array(image))
             except Exception as error:  # an image gone or broken since it was indexed keeps its ITC place
                 print(f"blipkit: cannot re-read {hit['path']} to re-rank it: {error}", file=sys.stderr)
                 continue
             readable.append(hit)
         if not readable:
             return
-        pixels = torch.cat(pixel_values).to(loaded.model.device, loaded.model.dtype)
         with torch.no_grad():
-            image_tokens, _ = loaded.model.read_images(pixels)
+            image_tokens, _ = loaded.model.read_images(loaded.model_pixels(pixel_values))
         tokens = {k: v.expand(len(readable), -1) for k, v in loaded.tokens([text]).items()}
         self._score(readable, match_logits(loaded, image_tokens, tokens), rerank_score)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -112,8 +113,8 @@ class PreparedImages:
 
     items: list[Item]
     failed: list[dict[str, Any]]
-    caption_pixels: torch.Tensor | None
-    filter_pixels: torch.Tensor | None
+    for_captioner: list[np.ndarray]  # preprocessed by each model's processor (LoadedTask.image_array)
+    for_filter: list[np.ndarray]
 
 
 class CapFiltWorker:
@@ -132,15 +133,13 @@ class CapFiltWorker:
                 continue
             try:
                 image = load_image(item.image)
-                for_captioner.append(self.captioner.processor.image_processor(image)["pixel_values"])
-                for_filter.append(self.filter.processor.image_processor(image)["pixel_values"])
+                for_captioner.append(self.captioner.image_array(image))
+                for_filter.append(self.filter.image_array(image))
             except Exception as error:  # a bad image is a failed row; the job goes on
                 failed.append(failure(item, str(error)))
                 continue
             good.append(item)
-        if not good:
-            return PreparedImages(good, failed, None, None)
-        return PreparedImages(good, failed, torch.cat(for_captioner), torch.cat(for_filter))
+        return PreparedImages(good, failed, for_captioner, for_filter)
 
     def infer(self, batch: PreparedImages) -> list[dict[str, Any]]:
         """One record per image: its rows (web caption first, then the synthetic ones), each scored and judged."""
@@ -155,7 +154,7 @@ class CapFiltWorker:
                 texts.append(text)
                 image_of_text.append(index)
                 sources.append(source)
-        match, similarity = self._scores(batch.filter_pixels, texts, image_of_text)
+        match, similarity = self._scores(self.filter.model_pixels(batch.for_filter), texts, image_of_text)
         rows_of: list[list[dict[str, Any]]] = [[] for _ in batch.items]
         for index, source, text, itm, itc in zip(image_of_text, sources, texts, match, similarity, strict=True):
             rows_of[index].append({"source": source, "caption": text, "itm": itm, "itc": itc})
@@ -173,7 +172,7 @@ class CapFiltWorker:
         spec, loaded = self.spec, self.captioner
         if spec.captions_per_image == 0:
             return [[] for _ in batch.items]
-        pixels = batch.caption_pixels.to(loaded.model.device, loaded.model.dtype)
+        pixels = loaded.model_pixels(batch.for_captioner)
         options = caption_options(spec, [item.id for item in batch.items], loaded.model.device)
         prompts = [spec.prompt] * len(batch.items) if spec.prompt else None
         generated = generate_texts(loaded, pixels, prompts, options)
@@ -186,9 +185,7 @@ class CapFiltWorker:
         model = self.filter.model
         index = torch.tensor(image_of_text, device=model.device)
         with torch.no_grad():
-            match, similarity = model.image_text_scores(
-                pixels.to(model.device, model.dtype), **self.filter.tokens(texts), image_of_text=index
-            )
+            match, similarity = model.image_text_scores(pixels, **self.filter.tokens(texts), image_of_text=index)
         return match.float().tolist(), similarity.float().tolist()
 
     def _kept(self, itm: list[float]) -> list[bool]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
+import numpy as np
 
 from blipkit.jobs.sinks import Sink, check_format, open_sink
 from blipkit.jobs.sources import Item
@@ -108,7 +108,7 @@ class Prepared:
 
     items: list[Item]
     failed: list[dict[str, Any]]
-    pixel_values: torch.Tensor | None
+    images: list[np.ndarray]  # preprocessed, one per item (LoadedTask.image_array)
     texts: list[str]
 
 
@@ -117,11 +117,10 @@ class Worker:
         self.spec = spec
         self.loaded = load(spec.runs, spec.model, dtype=spec.dtype, device=spec.device, quantize=spec.quantize)
         self.model = self.loaded.model
-        self.processor = self.loaded.processor
 
     def prepare(self, items: list[Item]) -> Prepared:
         """Decode and preprocess each image on its own, so one bad image fails alone, with its reason."""
-        good, failed, arrays, texts = [], [], [], []
+        good, failed, images, texts = [], [], [], []
         for item in items:
             text = self._text(item)
             if item.error:
@@ -131,20 +130,19 @@ class Worker:
                 failed.append(failure(item, "no text to match: the source has no caption and no --text"))
                 continue
             try:
-                arrays.append(self.processor.image_processor(item.image)["pixel_values"])
+                images.append(self.loaded.image_array(item.image))
             except Exception as error:  # a bad image is a failed row; the job goes on
                 failed.append(failure(item, str(error)))
                 continue
             good.append(item)
             texts.append(text)
-        pixels = torch.cat(arrays) if arrays else None
-        return Prepared(good, failed, pixels, texts)
+        return Prepared(good, failed, images, texts)
 
     def infer(self, batch: Prepared) -> list[dict[str, Any]]:
         records = list(batch.failed)
         if not batch.items:
             return records
-        pixels = batch.pixel_values.to(self.model.device, self.model.dtype)
+        pixels = self.loaded.model_pixels(batch.images)
         texts = batch.texts if any(text is not None for text in batch.texts) else None
         results = self.loaded.run(pixels, texts, **self.spec.generate_kwargs)
         task = self.spec.runs

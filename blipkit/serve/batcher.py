@@ -9,7 +9,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,7 @@ class Batcher:
         on_batch: OnBatch | None = None,
         deadline_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        worker: Executor | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError(
@@ -87,7 +88,9 @@ class Batcher:
         self.last_batch_seconds = 0.0
         self.item_seconds = 0.0  # a model call's seconds per item, averaged over recent calls
         self._queues: dict[Hashable, deque[_Request]] = {}
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="blipkit-model")
+        # One thread runs the model calls, one at a time: the caller's (it may run other model work there), or ours.
+        self._owns_worker = worker is None
+        self._worker = worker or ThreadPoolExecutor(1, thread_name_prefix="blipkit-model")
         self._wake: asyncio.Event | None = None
         self._dispatcher: asyncio.Task | None = None
 
@@ -129,7 +132,8 @@ class Batcher:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
             self._dispatcher = None
-        self._worker.shutdown(wait=False)
+        if self._owns_worker:
+            self._worker.shutdown(wait=False)
 
     def _start(self) -> None:
         # Started by the first request, on the loop that serves it (an app may be built before its loop runs), and

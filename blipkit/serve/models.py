@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from blipkit.hub import ModelFiles, read_json
@@ -45,7 +46,7 @@ class BatchKey:
 class Item:
     """One row of a batch: an image as the model takes it and its text(s)."""
 
-    pixels: torch.Tensor | None = None  # (3, height, width); None for a text alone
+    pixels: np.ndarray | None = None  # (3, height, width), preprocessed (LoadedTask.image_array); None for a text
     text: str | tuple[str, ...] | None = None  # a prompt or question; the texts an image is matched against
     generator: torch.Generator | None = None  # a seeded request's, one per image: its draws its own
 
@@ -127,8 +128,8 @@ class Models:
         loaded = self.by_name[key.model].tasks[key.task]
         if key.task == "image-text-matching":
             # One image against a group of texts, as pipeline() scores them: the ViT once for the group.
-            return [loaded.run(item.pixels[None], list(item.text)) for item in items]
-        pixels = None if items[0].pixels is None else torch.stack([item.pixels for item in items])
+            return [loaded.run(loaded.model_pixels([item.pixels]), list(item.text)) for item in items]
+        pixels = None if items[0].pixels is None else loaded.model_pixels([item.pixels for item in items])
         texts = None if items[0].text is None else [item.text for item in items]
         options = dict(key.settings)
         if key.seeded:  # each image samples from its own generator, whatever shares its batch

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 try:
@@ -93,15 +94,19 @@ def run(
 ) -> int:
     """Load ``models`` (ids or directories) with ``load_options`` (dtype, device, quantize), open ``indexes``
     (``blipkit index`` folders, searched at /v1/search), and serve them."""
+    # Loaded in the thread that will run them, so that torch computes in one thread only (see Service.compute).
+    compute = ThreadPoolExecutor(1, thread_name_prefix="blipkit-model")
     loaded = []
     for name in models:
         print(f"blipkit: loading {name}", file=sys.stderr, flush=True)
-        loaded.append(load_model(name, **{k: v for k, v in load_options.items() if v is not None}))
+        options = {k: v for k, v in load_options.items() if v is not None}
+        loaded.append(compute.submit(load_model, name, **options).result())
     opened = []
     if indexes:
         from blipkit.index.index import Index
 
         device, dtype = load_options.get("device"), load_options.get("dtype")
-        opened = [Index.open(directory, device=device, dtype=dtype) for directory in indexes]
-    asyncio.run(serve(Service(Models(loaded), limits, indexes=opened, **batching), host, port))
+        opened = [compute.submit(Index.open, directory, device=device, dtype=dtype).result() for directory in indexes]
+    service = Service(Models(loaded), limits, indexes=opened, compute=compute, **batching)
+    asyncio.run(serve(service, host, port))
     return 0

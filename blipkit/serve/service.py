@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -52,15 +53,24 @@ class Service:
         decode_workers: int = 2,
         run: Run | None = None,
         indexes: Sequence[Index] = (),
+        compute: ThreadPoolExecutor | None = None,
     ) -> None:
         self.models = models
         self.indexes = {str(index.directory): index for index in indexes}  # by the directory given to --index
-        # One search at a time per server: an index's snapshot and retrieval model are not shared across threads.
-        self.searcher = ThreadPoolExecutor(1, thread_name_prefix="blipkit-search")
+        # Every torch op of the models - batches and searches - runs in this one thread, best the one that loaded
+        # them (``blipkit serve`` loads them there): a second thread computing in torch would slow every model call
+        # (see LoadedTask.image_array). One search at a time also keeps an index's snapshot to one thread.
+        self.compute = compute or ThreadPoolExecutor(1, thread_name_prefix="blipkit-model")
         self.limits = limits
         self.timeout_s = timeout_s
         self.batcher = Batcher(
-            run or models.run, max_batch_size, max_wait_ms / 1000, max_queue, self._batch_done, deadline_s=timeout_s
+            run or models.run,
+            max_batch_size,
+            max_wait_ms / 1000,
+            max_queue,
+            self._batch_done,
+            deadline_s=timeout_s,
+            worker=self.compute,
         )
         self.decoders = ThreadPoolExecutor(decode_workers, thread_name_prefix="blipkit-decode")
         self.in_flight = 0  # HTTP requests being answered
@@ -78,9 +88,9 @@ class Service:
         for text in texts:
             check_text(text, self.limits, what)
 
-    async def pixels(self, loaded: LoadedTask, sources: Sequence[str | bytes]) -> list[torch.Tensor]:
-        """Each image (base64, data: URL, allowed URL or uploaded bytes) as the model takes it, (3, height, width),
-        decoded and preprocessed in the decoding threads, off the event loop."""
+    async def pixels(self, loaded: LoadedTask, sources: Sequence[str | bytes]) -> list[np.ndarray]:
+        """Each image (base64, data: URL, allowed URL or uploaded bytes) preprocessed for the model, (3, height,
+        width), in the decoding threads, off the event loop; the model's thread makes them a batch."""
         check_image_count(len(sources), self.limits)
         loop = asyncio.get_running_loop()
         return await asyncio.gather(*(loop.run_in_executor(self.decoders, self._pixels, loaded, s) for s in sources))
@@ -91,10 +101,10 @@ class Service:
             return decode_image(source, self.limits)
         return image_from_reference(source, self.limits)
 
-    def _pixels(self, loaded: LoadedTask, source: str | bytes) -> torch.Tensor:
+    def _pixels(self, loaded: LoadedTask, source: str | bytes) -> np.ndarray:
         image = self._image(source)
         try:
-            return loaded.pixel_values([image])[0]
+            return loaded.image_array(image)
         except ImageError as error:  # a mode the image processor cannot convert to RGB
             raise RequestRefused(422, "invalid_image", str(error)) from error
 
@@ -167,7 +177,7 @@ class Service:
                                 where=request.where)  # fmt: skip
 
         try:
-            return name, await loop.run_in_executor(self.searcher, search)
+            return name, await loop.run_in_executor(self.compute, search)
         except ValueError as error:  # a filter the store cannot parse, a re-rank the index cannot do: named
             raise RequestRefused(422, "invalid_request", str(error)) from error
 
@@ -182,7 +192,7 @@ class Service:
     async def close(self) -> None:
         await self.batcher.close()
         self.decoders.shutdown(wait=False)
-        self.searcher.shutdown(wait=False)
+        self.compute.shutdown(wait=False)
 
     def _batch_done(self, key: BatchKey, size: int, seconds: float) -> None:
         self.metrics.batch(key.task, size, seconds, images=0 if key.task == "text-embedding" else size)
