@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     seconds = args.seconds or (15.0 if args.quick else 60.0)
-    single = 3 if args.quick else 10
+    single = 3 if args.quick else 20
     print_machine()
     model = model_dir()
     print(f"BLIP-base captioning, random weights, {args.dtype}, {TOKENS} tokens per caption, {seconds:g} s a phase\n")
