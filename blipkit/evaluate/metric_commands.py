@@ -10,7 +10,11 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+
+from blipkit.arguments import positive
 
 
 def add_eval_commands(eval_subparsers: argparse._SubParsersAction) -> None:
@@ -23,10 +27,19 @@ def add_eval_commands(eval_subparsers: argparse._SubParsersAction) -> None:
     )
     caption.add_argument(
         "--predictions",
-        required=True,
         metavar="P",
-        help="the caption job's output (.jsonl, .csv, .parquet: rows with id and caption) or a COCO results .json",
+        help="the caption job's output (.jsonl, .csv, .parquet: rows with id and caption) or a COCO results .json; "
+        "with --predict, where the captions are written",
     )
+    caption.add_argument(
+        "--predict",
+        nargs="+",
+        metavar="IMAGES",
+        help="caption these images first (any caption-job input: folders, tables, shards) with --model",
+    )
+    caption.add_argument("--model", help="with --predict: the captioning model, Hub id or directory")
+    caption.add_argument("--prompt", help="with --predict: the captioning prompt, scored without it")
+    caption.add_argument("--batch-size", type=positive, default=8, help="with --predict: images per batch")
     caption.add_argument(
         "--references",
         required=True,
@@ -72,7 +85,21 @@ def cmd_eval_caption(args: argparse.Namespace) -> int:
     from blipkit.evaluate.captions import evaluate_captions
 
     use_meteor = False if args.no_meteor else None
-    scores = evaluate_captions(args.predictions, args.references, use_meteor=use_meteor, strip_prompt=args.strip_prompt)
+    if not args.predict:
+        if not args.predictions:
+            raise ValueError("give --predictions P (a caption job's output), or --predict IMAGES to caption them first")
+        scores = evaluate_captions(args.predictions, args.references, use_meteor=use_meteor,
+                                   strip_prompt=args.strip_prompt)  # fmt: skip
+        print(json.dumps(scores))
+        return 0
+    with tempfile.TemporaryDirectory() as scratch:
+        predictions = args.predictions or str(Path(scratch) / "captions.jsonl")
+        from blipkit import jobs
+
+        jobs.caption(args.predict, predictions, model=args.model, prompt=args.prompt, batch_size=args.batch_size,
+                     progress=False)  # fmt: skip
+        strip = args.strip_prompt or args.prompt
+        scores = evaluate_captions(predictions, args.references, use_meteor=use_meteor, strip_prompt=strip)
     print(json.dumps(scores))
     return 0
 

@@ -258,3 +258,24 @@ def test_strip_prompt(tmp_path, small, capsys):
     argv = ["caption", "--predictions", str(predictions), "--references", str(refs), "--no-meteor"]
     assert main([*argv, "--strip-prompt", "a picture of"]) == 0
     assert json.loads(capsys.readouterr().out) == pytest.approx(expected)
+
+
+def test_predict_captions_the_images_first(tmp_path, capsys):
+    from blipkit import jobs
+    from tests.builders.checkpoints import save_tiny_blips
+    from tests.conftest import IMAGES
+
+    model = save_tiny_blips(tmp_path / "models")["caption"]
+    references = write_references(tmp_path / "refs.jsonl", {p.name: ["a photo of a thing"] for p in IMAGES})
+    images = [str(p) for p in IMAGES]
+    argv = ["caption", "--predict", *images, "--model", str(model), "--references", str(references), "--no-meteor"]
+    assert main([*argv, "--predictions", str(tmp_path / "written.jsonl"), "--prompt", "a picture of"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    jobs.caption(images, tmp_path / "job.jsonl", model=str(model), prompt="a picture of", progress=False)
+    expected = evaluate_captions(tmp_path / "job.jsonl", references, strip_prompt="a picture of", **NO_METEOR)
+    assert scores == pytest.approx(expected)
+    assert (tmp_path / "written.jsonl").read_text() == (tmp_path / "job.jsonl").read_text()
+    assert main(["caption", "--references", str(references)]) == 1
+    assert capsys.readouterr().err == (
+        "blipkit: error: give --predictions P (a caption job's output), or --predict IMAGES to caption them first\n"
+    )
