@@ -22,6 +22,7 @@ PROGRESS_THRESHOLD = 4  # show a progress bar from this many images on
 # Inputs only a batch job reads (blipkit.jobs.sources), by what they are, and what each command's job does to them.
 COLLECTION_SUFFIXES = {
     ".txt": "a list of images",
+    ".jsonl": "a table",
     ".csv": "a table",
     ".parquet": "a table",
     ".tar": "a webdataset shard",
