@@ -19,9 +19,17 @@ def img2dataset_parquet(path: Path) -> None:
 
 
 def webdataset_shard(path: Path) -> None:
+    """Three photographs, each with a caption in its .txt."""
+    files = {}
+    for i, image in enumerate(IMAGES[:3]):
+        files |= {f"{i:05d}.jpg": image.read_bytes(), f"{i:05d}.txt": f"caption {i}".encode()}
+    tar_of(path, files)
+
+
+def tar_of(path: Path, files: dict[str, bytes]) -> None:
+    """A tar archive of ``files`` (name -> contents), in their order: a webdataset shard when names share keys."""
     with tarfile.open(path, "w") as tar:
-        for i, image in enumerate(IMAGES[:3]):
-            for name, data in ((f"{i:05d}.jpg", image.read_bytes()), (f"{i:05d}.txt", f"caption {i}".encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
