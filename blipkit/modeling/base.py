@@ -207,13 +207,16 @@ class PreTrainedModel(nn.Module):
                     load_weight(module, name, value)
 
     def _init_weight(self, module: nn.Module, name: str, value: torch.Tensor) -> None:
-        """As the reference initialises: biases zero, norms' scales one, the rest normal(0, initializer_range)."""
+        """As the reference initialises: biases zero, norms' scales one, the rest normal(0, initializer_range), an
+        embedding's padding row zero."""
         if name == "bias":
             nn.init.zeros_(value)
         elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             nn.init.ones_(value)
         else:
             nn.init.normal_(value, std=getattr(self.config, "initializer_range", 0.02))
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                nn.init.zeros_(value[module.padding_idx])
 
     def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str | None = "5GB") -> None:
         """Write config.json and safetensors weights (sharded above ``max_shard_size``) the reference can load."""

@@ -51,7 +51,8 @@ TEXT_KEYS = [
 class TextEmbeddings(nn.Module):
     def __init__(self, config: BlipTextConfig) -> None:
         super().__init__()
-        self.word_embeddings = Embedding(config.vocab_size, config.hidden_size)
+        # The [PAD] row gets no gradient from the lookup, as in the reference (it still does from a tied LM head).
+        self.word_embeddings = Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = Embedding(config.max_position_embeddings, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)

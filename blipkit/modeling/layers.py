@@ -266,7 +266,7 @@ def attend(
     rows, heads, tokens, dim = q.shape
     if groups > 1:
         q = q.view(k.shape[0], groups, heads, tokens, dim).transpose(1, 2).reshape(k.shape[0], heads, -1, dim)
-    if dropout == 0.0 and eager_attention_is_faster(q):
+    if dropout == 0.0 and (eager_attention_is_faster(q) or _differentiated_with_additive_mask(q, k, v, mask)):
         out = _eager_attention(q, k, v, mask, is_causal, scale)
     else:
         out = F.scaled_dot_product_attention(
@@ -275,6 +275,17 @@ def attend(
     if groups > 1:
         out = out.view(k.shape[0], heads, groups, tokens, dim).transpose(1, 2).reshape(rows, heads, tokens, dim)
     return out
+
+
+def _differentiated_with_additive_mask(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> bool:
+    """Whether autograd records this attention under an additive mask. SDPA's backward is then wrong for a fully
+    masked query row (every score at the dtype's minimum: left padding in a causal BERT): its forward gives the uniform
+    average of the values, as the references' eager attention does, but its gradients are not that average's (torch
+    2.13, CPU). The eager form's are, and they are the references' (BERT and T5 attend eagerly there)."""
+    additive = mask is not None and mask.is_floating_point()
+    return additive and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
 
 
 def eager_attention_is_faster(q: torch.Tensor) -> bool:
@@ -299,7 +310,9 @@ def _eager_attention(
         scores = scores.masked_fill(~mask, float("-inf"))
     elif mask is not None:
         scores = scores + mask
-    weights = scores.softmax(-1).nan_to_num_(0.0)  # a fully masked row attends to nothing, as SDPA's does
+    weights = scores.softmax(-1)
+    # A fully masked row attends to nothing, as SDPA's does; in place unless backward needs the softmax's output.
+    weights = weights.nan_to_num(0.0) if weights.requires_grad else weights.nan_to_num_(0.0)
     return torch.matmul(weights.to(v.dtype), v)
 
 

@@ -58,7 +58,8 @@ class OPTDecoder(nn.Module):
     def __init__(self, config: OPTConfig) -> None:
         super().__init__()
         dim, proj = config.hidden_size, config.word_embed_proj_dim
-        self.embed_tokens = Embedding(config.vocab_size, proj)
+        # The padding row gets no gradient from the lookup, as in the reference (it still does from the tied head).
+        self.embed_tokens = Embedding(config.vocab_size, proj, padding_idx=config.pad_token_id)
         self.embed_positions = Embedding(config.max_position_embeddings + POSITION_OFFSET, dim)
         # OPT-350m embeds in a narrower space and projects in and out of the model width.
         self.project_in = Linear(proj, dim, bias=False) if proj != dim else None
