@@ -20,6 +20,7 @@ from blipkit.checkpoint import (
 from blipkit.configs import BaseConfig
 from blipkit.devices import check_device, device_from_map
 from blipkit.hub import ModelFiles
+from blipkit.modeling.layers import CheckpointableLayer
 from blipkit.modeling.quantize import QUANTIZE_METHODS, Int8Linear, quantize_linears
 
 M = TypeVar("M", bound="PreTrainedModel")
@@ -39,6 +40,7 @@ class PreTrainedModel(nn.Module):
 
     config_class: ClassVar[type[BaseConfig]]
     key_map: ClassVar[KeyMap] = KeyMap([])
+    supports_gradient_checkpointing: ClassVar[bool] = True  # as the reference's models declare it
 
     def __init__(self, config: BaseConfig) -> None:
         super().__init__()
@@ -62,6 +64,49 @@ class PreTrainedModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def gradient_checkpointing_enable(
+        self,
+        gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """Recompute transformer layers' activations during backward instead of keeping them from the forward pass
+        (see ``CheckpointableLayer``): in training, less memory for about one more forward pass. Every layer by
+        default, or every ``every_n_layers``-th. ``gradient_checkpointing_kwargs`` go to
+        ``torch.utils.checkpoint.checkpoint`` (default ``use_reentrant=False``). As the reference's method;
+        ``offload=True`` (its activations in host memory) is not supported.
+        """
+        if offload:
+            raise ValueError("offload=True is not supported: blipkit keeps checkpointed activations where they are")
+        if every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be at least 1, got {every_n_layers}")
+        options = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        for index, layer in enumerate(self._checkpointable_layers()):
+            layer.checkpoint_options = options if index % every_n_layers == 0 else None
+
+    def gradient_checkpointing_disable(self) -> None:
+        for layer in self._checkpointable_layers():
+            layer.checkpoint_options = None
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(layer.checkpoint_options is not None for layer in self._checkpointable_layers())
+
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """transformers 5's name for ``gradient_checkpointing_enable``, the one ``transformers.Trainer`` calls."""
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
+
+    activation_checkpointing_disable = gradient_checkpointing_disable
+    is_activation_checkpointing = is_gradient_checkpointing
+
+    def _checkpointable_layers(self) -> list[CheckpointableLayer]:
+        return [module for module in self.modules() if isinstance(module, CheckpointableLayer)]
 
     def tied_reference_keys(self) -> set[str]:
         return {

@@ -13,6 +13,7 @@ from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import (
     MLP,
     Attention,
+    CheckpointableLayer,
     Embedding,
     StepDecoder,
     activation,
@@ -72,7 +73,7 @@ class TextEmbeddings(nn.Module):
         return self.dropout(self.norm(x + self.position_embeddings(position_ids)))
 
 
-class TextLayer(nn.Module):
+class TextLayer(CheckpointableLayer):
     """Self-attention, optional cross-attention, feed-forward; each followed by add & LayerNorm."""
 
     def __init__(self, config: BlipTextConfig) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from blipkit.generation.cache import KVCache
 from blipkit.modeling.linear import Linear, computes_low_precision_slowly
@@ -161,6 +164,24 @@ def builds_graph(module: nn.Module, x: torch.Tensor) -> bool:
 def residual(update: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``x + update``, written into ``update`` (a layer's fresh output) when no gradient needs it kept."""
     return x + update if update.requires_grad else update.add_(x)
+
+
+class CheckpointableLayer(nn.Module):
+    """A layer of a transformer stack (ViT, BERT, Q-Former, OPT, T5) that gradient checkpointing can recompute.
+
+    With ``checkpoint_options`` set (``PreTrainedModel.gradient_checkpointing_enable`` sets them), a training pass
+    that builds a graph keeps only the layer's inputs for backward and runs the layer again there, through
+    ``torch.utils.checkpoint.checkpoint``: the activations of one layer at a time instead of all of them, for about
+    one more forward pass. Other passes (eval, ``no_grad``, generation) run the layer as it is.
+    """
+
+    checkpoint_options: dict[str, Any] | None = None  # torch.utils.checkpoint.checkpoint's keyword arguments
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.checkpoint_options is None or not (self.training and torch.is_grad_enabled()):
+            return super().__call__(*args, **kwargs)
+        # Keyword arguments bound first: the reentrant variant, if asked for, passes positional ones only.
+        return checkpoint(partial(super().__call__, **kwargs), *args, **self.checkpoint_options)
 
 
 class Attention(nn.Module):

@@ -10,7 +10,16 @@ from blipkit.configs import OPTConfig
 from blipkit.generation import search
 from blipkit.generation.cache import KVCache
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, Embedding, StepDecoder, boolean_mask, check_text_length, lm_loss
+from blipkit.modeling.layers import (
+    MLP,
+    Attention,
+    CheckpointableLayer,
+    Embedding,
+    StepDecoder,
+    boolean_mask,
+    check_text_length,
+    lm_loss,
+)
 from blipkit.modeling.linear import Linear, linear
 from blipkit.modeling.outputs import CausalLMOutputWithCrossAttentions
 
@@ -29,7 +38,7 @@ OPT_KEYS = [
 POSITION_OFFSET = 2  # OPT's position table keeps two unused rows in front (a fairseq legacy)
 
 
-class OPTLayer(nn.Module):
+class OPTLayer(CheckpointableLayer):
     def __init__(self, config: OPTConfig) -> None:
         super().__init__()
         dim, affine = config.hidden_size, config.layer_norm_elementwise_affine

@@ -12,7 +12,7 @@ from torch import nn
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import Blip2QFormerConfig
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, Embedding, additive_mask, check_text_length
+from blipkit.modeling.layers import MLP, Attention, CheckpointableLayer, Embedding, additive_mask, check_text_length
 from blipkit.modeling.outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
 QFORMER_KEYS = [
@@ -35,7 +35,7 @@ QFORMER_KEYS = [
 ]
 
 
-class QFormerLayer(nn.Module):
+class QFormerLayer(CheckpointableLayer):
     def __init__(self, config: Blip2QFormerConfig, index: int) -> None:
         super().__init__()
         dim, heads, eps = config.hidden_size, config.num_attention_heads, config.layer_norm_eps

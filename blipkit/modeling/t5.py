@@ -19,6 +19,7 @@ from blipkit.generation.search import Generators
 from blipkit.modeling.base import PreTrainedModel
 from blipkit.modeling.layers import (
     Attention,
+    CheckpointableLayer,
     Embedding,
     StepDecoder,
     activation,
@@ -99,7 +100,7 @@ class T5MLP(nn.Module):
         return self.wo(self.dropout(h).to(wo_dtype))
 
 
-class T5Layer(nn.Module):
+class T5Layer(CheckpointableLayer):
     """Pre-norm self-attention, cross-attention to the encoder (decoder layers only), feed-forward."""
 
     def __init__(self, config: T5Config, cross_attention: bool) -> None:

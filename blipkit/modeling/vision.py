@@ -11,7 +11,7 @@ from torch import nn
 from blipkit.checkpoint import KeyMap
 from blipkit.configs import Blip2VisionConfig, BlipVisionConfig
 from blipkit.modeling.base import PreTrainedModel
-from blipkit.modeling.layers import MLP, Attention, Workspace, builds_graph, residual
+from blipkit.modeling.layers import MLP, Attention, CheckpointableLayer, Workspace, builds_graph, residual
 from blipkit.modeling.linear import computes_low_precision_slowly
 from blipkit.modeling.outputs import BaseModelOutputWithPooling
 
@@ -74,7 +74,7 @@ class VisionEmbeddings(nn.Module):
         return x + positions[:, : x.shape[1]].to(dtype)
 
 
-class VisionLayer(nn.Module):
+class VisionLayer(CheckpointableLayer):
     def __init__(self, config: BlipVisionConfig) -> None:
         super().__init__()
         dim = config.hidden_size
