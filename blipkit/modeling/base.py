@@ -62,8 +62,13 @@ class PreTrainedModel(nn.Module):
         """Whether the model was loaded with ``quantize`` (some of its layers hold int8 weights)."""
         return any(isinstance(module, Int8Linear) for module in self.modules())
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The number of parameters, as the reference counts them: all, or those that train, with or without the
+        embedding tables (``transformers.Trainer`` counts FLOPs without them)."""
+        tables = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        return sum(
+            p.numel() for p in self.parameters() if (p.requires_grad or not only_trainable) and id(p) not in tables
+        )
 
     def gradient_checkpointing_enable(
         self,
