@@ -165,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     from blipkit.evaluate.commands import add_commands as add_eval_group
     from blipkit.evaluate.metric_commands import add_eval_commands
     from blipkit.index.commands import add_commands as add_index_commands
+    from blipkit.train.commands import add_commands as add_finetune_commands
 
     add_index_commands(commands)
+    add_finetune_commands(commands)
     add_eval_commands(add_eval_group(commands))
     return parser
 
@@ -441,7 +443,7 @@ def _run_handler(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "caption": cmd_caption, "ask": cmd_ask, "match": cmd_match, "capfilt": cmd_capfilt, "serve": cmd_serve,
-    "info": cmd_info, "index": _run_handler, "search": _run_handler, "eval": _run_handler,
+    "info": cmd_info, "index": _run_handler, "search": _run_handler, "eval": _run_handler, "finetune": _run_handler,
 }  # fmt: skip
 
 
