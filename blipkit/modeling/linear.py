@@ -115,9 +115,8 @@ def _differentiable(x, weight, bias, scale, out, compute) -> torch.Tensor:
         weight = weight.to(x.dtype) * scale[:, None].to(x.dtype)
     if _rows(x) >= UPCAST_MIN_ROWS and computes_low_precision_slowly(x):
         product = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
-    else:
-        product = F.linear(x, weight, bias)
-    return _written(product, out, product.shape, x.dtype)
+        return _written(product, out, product.shape, x.dtype)
+    return _autocast_aware(F.linear(x, weight, bias), out, x)
 
 
 def _dequantized(x, weight, bias, scale, out, compute) -> torch.Tensor:
@@ -182,7 +181,7 @@ def _sliced(x, weight, bias, scale, out, compute) -> torch.Tensor:
 def _plain(x, weight, bias, scale, out, compute) -> torch.Tensor:
     """``F.linear``; into ``out`` with what F.linear runs for a contiguous input (the same kernel, the same bits)."""
     if out is None or out.dtype != x.dtype:
-        return _written(F.linear(x, weight, bias), out, _shape(x, weight), x.dtype)
+        return _autocast_aware(F.linear(x, weight, bias), out, x)
     flat_x, flat_out = x.reshape(_rows(x), -1), out.view(_rows(x), -1)
     if bias is None:
         torch.mm(flat_x, weight.t(), out=flat_out)
@@ -211,6 +210,13 @@ def _written(
         out = torch.empty(shape, dtype=dtype, device=product.device)
     out.view(product.shape).copy_(product)
     return out
+
+
+def _autocast_aware(product: torch.Tensor, out: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """F.linear's result as it is - in autocast's dtype where autocast is on (bf16 from float32 weights, as
+    mixed-precision training wants: casting it back would double the memory traffic of every later op) - or in
+    ``out``."""
+    return product if out is None else _written(product, out, product.shape, x.dtype)
 
 
 def _scratch_tensor(name: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

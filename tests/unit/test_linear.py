@@ -81,3 +81,15 @@ def test_int8_weights_pass_gradients_to_their_inputs():
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(2)).requires_grad_()
     linear.linear(x, weight, scale=scale).sum().backward()
     torch.testing.assert_close(x.grad, (weight.float() * scale[:, None]).sum(0).expand(4, -1))
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_autocast_gives_what_f_linear_gives(requires_grad):
+    """Mixed-precision training: F.linear's bf16 result under autocast, not a float32 copy of it (twice the memory
+    traffic for every later op)."""
+    x = torch.randn(2, 600, 64, requires_grad=requires_grad)
+    weight, bias = torch.randn(96, 64, requires_grad=requires_grad), torch.randn(96)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, expected = linear.linear(x, weight, bias), F.linear(x, weight, bias)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
