@@ -63,10 +63,18 @@ def add_eval_commands(eval_subparsers: argparse._SubParsersAction) -> None:
     )
     vqa.add_argument(
         "--predictions",
-        required=True,
         metavar="P",
-        help="the ask job's output (.jsonl, .csv, .parquet: rows with id and answer) or a VQA results .json",
+        help="the ask job's output (.jsonl, .csv, .parquet: rows with id and answer) or a VQA results .json; "
+        "with --predict, where the answers are written",
     )
+    vqa.add_argument(
+        "--predict",
+        nargs="+",
+        metavar="DATA",
+        help="answer these first with --model: tables (or shards) whose rows carry an image and a question column",
+    )
+    vqa.add_argument("--model", help="with --predict: the VQA model, Hub id or directory")
+    vqa.add_argument("--batch-size", type=positive, default=8, help="with --predict: images per batch")
     vqa.add_argument(
         "--references",
         required=True,
@@ -86,8 +94,7 @@ def cmd_eval_caption(args: argparse.Namespace) -> int:
 
     use_meteor = False if args.no_meteor else None
     if not args.predict:
-        if not args.predictions:
-            raise ValueError("give --predictions P (a caption job's output), or --predict IMAGES to caption them first")
+        _require_predictions(args.predictions)
         scores = evaluate_captions(args.predictions, args.references, use_meteor=use_meteor,
                                    strip_prompt=args.strip_prompt)  # fmt: skip
         print(json.dumps(scores))
@@ -107,8 +114,22 @@ def cmd_eval_caption(args: argparse.Namespace) -> int:
 def cmd_eval_vqa(args: argparse.Namespace) -> int:
     from blipkit.evaluate.vqa import evaluate_vqa
 
-    print(json.dumps(evaluate_vqa(args.predictions, args.references, args.questions)))
+    if not args.predict:
+        _require_predictions(args.predictions)
+        print(json.dumps(evaluate_vqa(args.predictions, args.references, args.questions)))
+        return 0
+    with tempfile.TemporaryDirectory() as scratch:
+        predictions = args.predictions or str(Path(scratch) / "answers.jsonl")
+        from blipkit import jobs
+
+        jobs.ask(args.predict, predictions, model=args.model, batch_size=args.batch_size, progress=False)
+        print(json.dumps(evaluate_vqa(predictions, args.references, args.questions)))
     return 0
+
+
+def _require_predictions(predictions: str | None) -> None:
+    if not predictions:
+        raise ValueError("give --predictions P (a job's output), or --predict DATA to run the model on it first")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

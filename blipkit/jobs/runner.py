@@ -168,8 +168,9 @@ def caption(inputs, out, **kwargs: Any) -> JobSummary:
     return run("caption", inputs, out, **kwargs)
 
 
-def ask(inputs, out, question: str, **kwargs: Any) -> JobSummary:
-    """Ask every image of ``inputs`` the same ``question``."""
+def ask(inputs, out, question: str | None = None, **kwargs: Any) -> JobSummary:
+    """Ask every image of ``inputs`` the same ``question``; without one, each row its table's ``question`` column
+    (a row without one is a failed row)."""
     return run("ask", inputs, out, question=question, **kwargs)
 
 

@@ -61,8 +61,6 @@ class WorkerSpec:
 
     def __post_init__(self) -> None:
         task_for_command(self.task)  # an unknown job is refused here, naming the jobs there are
-        if self.task == "ask" and not self.question:
-            raise ValueError("an ask job needs a question")
         # Checked here, before a job creates its output, rather than when the model loads.
         if self.dtype not in (None, "auto"):
             check_dtype(self.dtype)
@@ -129,6 +127,9 @@ class Worker:
             if self.spec.task == "match" and not text:
                 failed.append(failure(item, "no text to match: the source has no caption and no --text"))
                 continue
+            if self.spec.task == "ask" and not text:
+                failed.append(failure(item, "no question to ask: the source has no question column and no question"))
+                continue
             try:
                 images.append(self.loaded.image_array(item.image))
             except Exception as error:  # a bad image is a failed row; the job goes on
@@ -154,8 +155,12 @@ class Worker:
         return self.infer(self.prepare(items))
 
     def _text(self, item: Item) -> str | None:
-        """The text an image is run with: the caption prompt (or none), the question, the text to match, or none."""
-        fixed = {"caption": self.spec.prompt, "ask": self.spec.question, "embed": None}
+        """The text an image is run with: the caption prompt (or none), the question (the job's, else the row's
+        ``question`` column), the text to match, or none."""
+        if self.spec.task == "ask":
+            row_question = item.columns.get("question")
+            return self.spec.question or (str(row_question).strip() if row_question is not None else None)
+        fixed = {"caption": self.spec.prompt, "embed": None}
         return fixed.get(self.spec.task, self.spec.text or item.text)
 
 

@@ -105,7 +105,8 @@ class Run:
             self.model.gradient_checkpointing_enable()
         self.objective = self._objective().to(device)
         self.trained = [p for p in self.objective.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trained, lr=options.lr, weight_decay=options.weight_decay)
+        # The fused kernel (one pass over each tensor instead of ~10 foreach passes): transformers' Trainer default too.
+        self.optimizer = torch.optim.AdamW(self.trained, lr=options.lr, weight_decay=options.weight_decay, fused=True)
         self.examples, skipped = read_examples(options.train, options.task)
         self.skipped: list[Skipped] = list(skipped)
         if not self.examples:

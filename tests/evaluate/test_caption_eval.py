@@ -277,5 +277,5 @@ def test_predict_captions_the_images_first(tmp_path, capsys):
     assert (tmp_path / "written.jsonl").read_text() == (tmp_path / "job.jsonl").read_text()
     assert main(["caption", "--references", str(references)]) == 1
     assert capsys.readouterr().err == (
-        "blipkit: error: give --predictions P (a caption job's output), or --predict IMAGES to caption them first\n"
+        "blipkit: error: give --predictions P (a job's output), or --predict DATA to run the model on it first\n"
     )

@@ -254,3 +254,42 @@ def test_a_file_names_number_is_not_a_question_id(tmp_path):
     assert error_of(predictions, annotations, questions) == (
         f"1 prediction in {predictions} has no reference in {annotations}: val2014/COCO_val2014_000000000070.jpg"
     )
+
+
+def test_predict_asks_each_rows_question_first(tmp_path, capsys):
+    from blipkit import jobs
+    from blipkit.train.synthetic import write_shapes
+    from tests.builders.checkpoints import save_tiny_blips
+
+    model = save_tiny_blips(tmp_path / "models")["vqa"]
+    data = write_shapes(tmp_path / "shapes", 6, seed=0)
+    references = data.parent / "vqa_references.jsonl"
+    argv = ["vqa", "--predict", str(data), "--model", str(model), "--references", str(references)]
+    assert main([*argv, "--predictions", str(tmp_path / "written.jsonl")]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in (tmp_path / "written.jsonl").read_text().splitlines()]
+    asked = [json.loads(line)["question"] for line in data.read_text().splitlines()]
+    assert [r["question"] for r in rows] == asked and all(r["status"] == "ok" for r in rows)
+    assert scores == evaluate_vqa(tmp_path / "written.jsonl", references)
+    # The same answers as asking each image its question on its own.
+    for row, question in zip(rows[:2], asked, strict=False):
+        alone = tmp_path / f"alone-{row['id'].rsplit(':', 1)[1]}.jsonl"
+        jobs.ask([data], alone, question=question, model=str(model), progress=False)
+        answers = {json.loads(line)["id"]: json.loads(line)["answer"] for line in alone.read_text().splitlines()}
+        assert answers[row["id"]] == row["answer"]
+
+
+def test_an_ask_job_without_a_question_fails_the_rows_that_have_none(tmp_path):
+    from blipkit import jobs
+    from tests.builders.checkpoints import save_tiny_blips
+    from tests.conftest import IMAGES
+
+    model = save_tiny_blips(tmp_path / "models")["vqa"]
+    table = tmp_path / "rows.jsonl"
+    rows = [{"id": "a", "path": str(IMAGES[0]), "question": "what is it?"}, {"id": "b", "path": str(IMAGES[1])}]
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = jobs.ask(table, tmp_path / "out.jsonl", model=str(model), progress=False)
+    written = {r["id"].rsplit(":", 1)[1]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert (summary.done, summary.failed) == (1, 1)
+    assert written["a"]["question"] == "what is it?" and written["a"]["answer"]
+    assert written["b"]["error"] == "no question to ask: the source has no question column and no question"
