@@ -10,20 +10,18 @@ import re
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from blipkit.hub import ModelFiles, ModelNotFoundError, read_json
-
-SAFETENSORS = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-TORCH_BIN = "pytorch_model.bin"
-TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model: unreadable files, missing, unexpected or mis-shaped keys."""
+from blipkit.checkpoint_files import (  # noqa: F401 - re-exported: the names callers know from here
+    SAFETENSORS,
+    SAFETENSORS_INDEX,
+    TORCH_BIN,
+    TORCH_BIN_INDEX,
+    CheckpointError,
+    describe_mismatch,
+    weight_files,
+)
 
 
 class KeyMap:
@@ -61,28 +59,6 @@ def under(prefix: str, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]
     """A part's key pairs anchored below its attribute in a larger model (``vision_model``): the families share one
     layer vocabulary, so the ViT's ``layers.N.self_attn.o`` must not be renamed as the text encoder's is."""
     return [(f"{prefix}.{ref}", f"{prefix}.{ours}") for ref, ours in pairs]
-
-
-def weight_files(files: ModelFiles) -> list[Path]:
-    """The weight files of a model, preferring safetensors, following a shard index where there is one."""
-    for single, index in ((SAFETENSORS, SAFETENSORS_INDEX), (TORCH_BIN, TORCH_BIN_INDEX)):
-        path = files.get(single, required=False)
-        if path is not None:
-            return [path]
-        index_path = files.get(index, required=False)
-        if index_path is not None:
-            shards = sorted(set(_read_index(index_path)["weight_map"].values()))
-            return [files.get(shard) for shard in shards]
-    raise ModelNotFoundError(
-        f"{files.name} has no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {TORCH_BIN} or {TORCH_BIN_INDEX}"
-    )
-
-
-def _read_index(path: Path) -> dict[str, Any]:
-    index = read_json(path, CheckpointError)
-    if not isinstance(index.get("weight_map"), dict):
-        raise CheckpointError(f"{path} has no 'weight_map'")
-    return index
 
 
 def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -146,15 +122,6 @@ def _map_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             yield key, torch.empty(shape, dtype=dtype)
         else:
             yield key, torch.frombuffer(mapping, dtype=dtype, count=count, offset=base + start).view(shape)
-
-
-def describe_mismatch(missing: list[str], unexpected: list[str], mis_shaped: list[str]) -> str:
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
-        if keys:
-            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-            parts.append(f"{label} keys: {shown}")
-    return "; ".join(parts)
 
 
 def save_safetensors(

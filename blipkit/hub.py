@@ -56,7 +56,7 @@ class ModelFiles:
 
     def weights(self) -> list[Path]:
         """The weight files: safetensors before .bin, one file or the shards its index names."""
-        from blipkit.checkpoint import weight_files  # checkpoint reads weight files and imports this module
+        from blipkit.checkpoint_files import weight_files  # it imports this module
 
         return weight_files(self)
 
