@@ -57,7 +57,7 @@ def rows_per_prompt(config: GenerationConfig) -> int:
 
 
 def _greedy_or_sample(decode, caches, ids, mask, config, process, eos, max_length, seed):
-    rows, prompt_length = ids.shape
+    rows, prompt_length = ops.shape(ids)[0], ids.shape[1]  # rows may be unknown until run (an exported signature)
     pad = config.pad_token_id
     buffer = ops.pad(ids, ((0, 0), (0, max_length - prompt_length)), constant_values=pad)
     key_mask = ops.pad(ops.cast(mask, "bool"), ((0, 0), (0, max_length - prompt_length)), constant_values=False)
@@ -94,14 +94,14 @@ def _beam_search(decode, caches, ids, mask, config, process, eos, max_length, se
     """The torch search's vectorised beam search: ``keep`` candidates per prompt each step, the best ``num_beams``
     unfinished continue, finished ones compete for ``num_beams`` slots by length-normalised score."""
     beams = config.num_beams
-    rows, prompt_length = ids.shape
+    rows, prompt_length = ops.shape(ids)[0], ids.shape[1]
     batch = rows // beams
     keep = max(2, 1 + (len(eos) if eos is not None else 0)) * beams
     is_top_beam = ops.arange(keep) < beams
     fill = -1 if eos is None else (config.pad_token_id or eos[0])  # what the reference writes past the end
 
     running = ops.reshape(ops.pad(ids, ((0, 0), (0, max_length - prompt_length)), constant_values=fill),
-                          (batch, beams, max_length))  # fmt: skip
+                          (-1, beams, max_length))  # fmt: skip
     key_mask = ops.pad(ops.cast(mask, "bool"), ((0, 0), (0, max_length - prompt_length)), constant_values=False)
     running_scores = ops.concatenate([ops.zeros((batch, 1)), ops.full((batch, beams - 1), NEG)], axis=1)
     finished_seqs = running
@@ -119,9 +119,9 @@ def _beam_search(decode, caches, ids, mask, config, process, eos, max_length, se
     def body(length, running, running_scores, finished_seqs, finished_scores, finished_lengths, is_finished,
              can_improve, key_mask, last, logits, caches, done):  # fmt: skip
         log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
-        log_probs = process(ops.reshape(running, (rows, max_length)), length, log_probs)
+        log_probs = process(ops.reshape(running, (-1, max_length)), length, log_probs)
         vocab = log_probs.shape[-1]
-        total = ops.reshape(ops.reshape(log_probs, (batch, beams, vocab)) + running_scores[:, :, None], (batch, -1))
+        total = ops.reshape(ops.reshape(log_probs, (-1, beams, vocab)) + running_scores[:, :, None], (batch, -1))
         if config.do_sample:
             # Sampling without replacement (Gumbel top-k), best first as the torch search sorts its draws.
             _, flat = ops.top_k(total + _gumbel(ops.shape(total), seed, length), keep)
@@ -174,7 +174,7 @@ def _beam_search(decode, caches, ids, mask, config, process, eos, max_length, se
         caches = keras.tree.map_structure(lambda c: ops.take(c, rows_chosen, axis=0), caches)
         key_mask = _write_column(key_mask, length - 1, ops.ones((rows,), "bool"))
         last = last + 1
-        step_ids = ops.reshape(_column(running, length - 1), (rows, 1))
+        step_ids = ops.reshape(_column(running, length - 1), (-1, 1))
         logits, caches = decode(step_ids, last[:, None], key_mask, length - 1, caches)
         return (length, running, running_scores, finished_seqs, finished_scores, finished_lengths, is_finished,
                 can_improve, key_mask, last, logits, caches, done)  # fmt: skip
@@ -188,7 +188,7 @@ def _beam_search(decode, caches, ids, mask, config, process, eos, max_length, se
     state = ops.while_loop(cond, body, state)
     finished_seqs, finished_lengths = state[3], state[5]
     returned = config.num_return_sequences
-    sequences = ops.reshape(finished_seqs[:, :returned], (batch * returned, max_length))
+    sequences = ops.reshape(finished_seqs[:, :returned], (-1, max_length))
     return sequences, prompt_length + ops.max(finished_lengths[:, :returned])
 
 
@@ -206,7 +206,8 @@ def _improvement_possible(running_scores, finished_scores, is_finished, length, 
 def _gather_beams(seqs, index):
     """seqs (batch, n, length) at beams ``index`` (batch, k) -> (batch, k, length)."""
     index = ops.cast(index, "int32")
-    return ops.take_along_axis(seqs, ops.broadcast_to(index[:, :, None], (*index.shape, seqs.shape[2])), axis=1)
+    shape = ops.shape(index)
+    return ops.take_along_axis(seqs, ops.broadcast_to(index[:, :, None], (shape[0], shape[1], seqs.shape[2])), axis=1)
 
 
 def _column(seqs, index):

@@ -36,6 +36,7 @@ class Keyed:
         object.__setattr__(self, "_keyed", {})
         # The torch classes' signatures take flags and None positionally; Keras allows it when asked.
         self._allow_non_tensor_positional_args = True
+        self.built = True  # every variable is made in the constructor, at the checkpoint's shapes
 
     def part(self, key: str, layer: Keyed) -> Keyed:
         """Register ``layer`` under ``key`` ("" puts its keys at this level)."""
@@ -120,15 +121,17 @@ def activation(name: str):
 
 def split_heads(x, heads: int):
     """(batch, tokens, heads * dim) -> (batch, heads, tokens, dim)."""
-    batch, tokens = ops.shape(x)[0], ops.shape(x)[1]
-    return ops.transpose(ops.reshape(x, (batch, tokens, heads, -1)), (0, 2, 1, 3))
+    return ops.transpose(ops.reshape(x, (-1, _length(x), heads, x.shape[-1] // heads)), (0, 2, 1, 3))
 
 
 def merge_heads(x):
     """(batch, heads, tokens, dim) -> (batch, tokens, heads * dim)."""
-    x = ops.transpose(x, (0, 2, 1, 3))
-    shape = ops.shape(x)
-    return ops.reshape(x, (shape[0], shape[1], shape[2] * shape[3]))
+    return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, _length(x, axis=2), x.shape[1] * x.shape[3]))
+
+
+def _length(x, axis: int = 1):
+    """The tokens axis: static where known, so shapes stay inferable in an exported graph with an open batch."""
+    return x.shape[axis] if x.shape[axis] is not None else ops.shape(x)[axis]
 
 
 def attend(q, k, v, mask=None):

@@ -224,23 +224,46 @@ class _TextGeneration(_TFBlip):
 
         return generation.generate(decode, caches, prompt_ids, prompt_mask, config, seed)
 
-    def _run_generation(self, body, inputs: dict[str, Any], config: GenerationConfig, jit_compile: bool):
-        """``body(**inputs)`` -> (ids buffer, length), eagerly or as one compiled program cached per settings."""
-        if jit_compile:
-            key = (body.__name__, repr(config))
+    def _run_generation(self, config: GenerationConfig, seed: int | None, interpolate_pos_encoding: bool,
+                        inputs: dict[str, Any], jit_compile: bool):  # fmt: skip
+        """The generation body over ``inputs``, eagerly or as one compiled program cached per settings (XLA then
+        compiles once per input shape)."""
+        if not jit_compile:
+            ids, length = self._generation_body(config, seed, interpolate_pos_encoding)(**inputs)
+        else:
+            key = (repr(config), seed, interpolate_pos_encoding)
             compiled = self._compiled.get(key)
             if compiled is None:
+                body = self._generation_body(config, seed, interpolate_pos_encoding)
                 compiled = self._compiled[key] = _compile(self, body)
             ids, length = compiled(inputs)
-        else:
-            ids, length = body(**inputs)
         return ids[:, : int(length)]
+
+    def export(self, filepath, format: str = "tf_saved_model", prompt_length: int | None = None,
+               seed: int | None = None, verbose: bool | None = None, **generate_kwargs) -> None:  # fmt: skip
+        """Write a TensorFlow SavedModel whose ``serve`` signature generates: captioning takes ``pixel_values`` (and,
+        when ``prompt_length`` is given, ``input_ids`` of that many tokens: a signature has fixed lengths, so export
+        once per prompt length), VQA takes ``input_ids``, ``pixel_values`` and ``attention_mask``; both return the
+        generated ids. ``generate_kwargs`` (``max_new_tokens``, ``num_beams``, ...) are fixed at export. Reload it
+        with ``tf.saved_model.load(filepath).serve(...)``: no blipkit or Keras needed to serve it."""
+        from blipkit.tf.export import export_generation
+
+        if format != "tf_saved_model":
+            raise ValueError(f"the generating models export format='tf_saved_model' only, got {format!r}")
+        config = self._generation_config(generate_kwargs)
+        export_generation(self, filepath, self._generation_body(config, seed),
+                          self._export_inputs(prompt_length), self._export_defaults, verbose)  # fmt: skip
 
     @property
     def _compiled(self) -> dict:
         if "_compiled_generation" not in self.__dict__:
             object.__setattr__(self, "_compiled_generation", {})
         return self.__dict__["_compiled_generation"]
+
+
+def _image_size(config: BlipConfig) -> tuple[int, int]:
+    size = config.vision_config.image_size
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def _compile(model: keras.Model, body):
@@ -250,7 +273,7 @@ def _compile(model: keras.Model, body):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        function = tf.function(lambda inputs: body(**inputs), jit_compile=True)
+        function = tf.function(lambda inputs: body(**inputs), jit_compile=True, autograph=False)
         return function
     if backend == "jax":
         import jax
@@ -316,14 +339,34 @@ class TFBlipForConditionalGeneration(_TextGeneration):
         inputs = {"pixel_values": pixel_values, "input_ids": input_ids}
         if attention_mask is not None:
             inputs["attention_mask"] = to_tensor(attention_mask, "int32", "attention_mask")
+        return self._run_generation(config, seed, interpolate_pos_encoding, inputs, jit_compile)
+
+    def _generation_body(self, config: GenerationConfig, seed: int | None, interpolate_pos_encoding: bool = False):
+        bos = self.config.text_config.bos_token_id
 
         def caption(pixel_values, input_ids, attention_mask=None):
             image = self.vision_model(pixel_values, interpolate_pos_encoding).last_hidden_state
-            prompt = ops.concatenate([ops.full_like(input_ids[:, :1], text.bos_token_id), input_ids[:, 1:-1]], 1)
+            prompt = ops.concatenate([ops.ones_like(input_ids[:, :1]) * bos, input_ids[:, 1:-1]], 1)
             mask = attention_mask[:, :-1] if attention_mask is not None else None
             return self._decode_text(image, prompt, mask, config, seed)
 
-        return self._run_generation(caption, inputs, config, jit_compile)
+        return caption
+
+    def _export_inputs(self, prompt_length: int | None) -> dict[str, Any]:
+        import tensorflow as tf
+
+        height, width = _image_size(self.config)
+        inputs = {"pixel_values": tf.TensorSpec((None, 3, height, width), tf.float32)}
+        if prompt_length is not None:
+            inputs["input_ids"] = tf.TensorSpec((None, prompt_length), tf.int32)
+        return inputs
+
+    def _export_defaults(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        if "input_ids" in inputs:
+            return inputs
+        text = self.config.text_config
+        start = ops.convert_to_tensor([[text.bos_token_id, text.eos_token_id]], "int32")
+        return {**inputs, "input_ids": ops.tile(start, (ops.shape(inputs["pixel_values"])[0], 1))}
 
 
 class _MultimodalEncoder(_TFBlip):
@@ -336,7 +379,7 @@ class _MultimodalEncoder(_TFBlip):
     def _encode_with_image(self, input_ids, attention_mask, image_tokens):
         if self.use_enc_token:
             enc = self.config.text_config.bos_token_id + 1
-            input_ids = ops.concatenate([ops.full_like(input_ids[:, :1], enc), input_ids[:, 1:]], axis=1)
+            input_ids = ops.concatenate([ops.ones_like(input_ids[:, :1]) * enc, input_ids[:, 1:]], axis=1)
         return self.text_encoder(input_ids, attention_mask, encoder_hidden_states=image_tokens).last_hidden_state
 
 
@@ -395,16 +438,32 @@ class TFBlipForQuestionAnswering(_TextGeneration, _MultimodalEncoder):
         }
         if attention_mask is not None:
             inputs["attention_mask"] = to_tensor(attention_mask, "int32", "attention_mask")
+        return self._run_generation(config, seed, interpolate_pos_encoding, inputs, jit_compile)
+
+    def _generation_body(self, config: GenerationConfig, seed: int | None, interpolate_pos_encoding: bool = False):
         bos = self.config.text_config.bos_token_id
 
         def answer(input_ids, pixel_values, attention_mask=None):
             image = self.vision_model(pixel_values, interpolate_pos_encoding).last_hidden_state
             question = self._encode_with_image(input_ids, attention_mask, image)
             # The reference decodes against every question token, padding included.
-            start = ops.full_like(input_ids[:, :1], bos)
+            start = ops.full((ops.shape(input_ids)[0], 1), bos, "int32")  # one column, whatever the question's
             return self._decode_text(question, start, None, config, seed)
 
-        return self._run_generation(answer, inputs, config, jit_compile)
+        return answer
+
+    def _export_inputs(self, prompt_length: int | None) -> dict[str, Any]:
+        import tensorflow as tf
+
+        height, width = _image_size(self.config)
+        return {
+            "input_ids": tf.TensorSpec((None, prompt_length), tf.int32),
+            "pixel_values": tf.TensorSpec((None, 3, height, width), tf.float32),
+            "attention_mask": tf.TensorSpec((None, prompt_length), tf.int32),
+        }
+
+    def _export_defaults(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return inputs
 
 
 class TFBlipForImageTextRetrieval(_MultimodalEncoder):

@@ -90,7 +90,7 @@ class TextEmbeddings(Part):
             length, limit = x.shape[1], self.position_embeddings.table.shape[0]
             if length is not None and length > limit:
                 raise ValueError(f"the text is {length} tokens long but the model has {limit} positions")
-            position_ids = ops.arange(length)[None, :]
+            position_ids = ops.arange(ops.shape(x)[1])[None, :]  # the length may be known only at run time
         return self.norm(x + self.position_embeddings(position_ids))
 
 
