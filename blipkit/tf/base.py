@@ -60,13 +60,21 @@ class TFPreTrainedModel(Keyed, keras.Model):
         )
         if config is None:
             config = cls.config_class.from_pretrained(files)
-        model = cls(config, **model_kwargs)
+        architecture = (config.extra.get("architectures") or [None])[0]
+
+        def refuse(mismatch: tuple) -> CheckpointError:
+            message = mismatch_message(cls.__name__, str(files.name), architecture, cls.reference_name, mismatch)
+            return CheckpointError(message)
+
+        try:
+            model = cls(config, **model_kwargs)
+        except ValueError as e:  # another head's config may not build this one (VQA needs equal widths)
+            if architecture and architecture != cls.reference_name:
+                raise refuse(([], [], [])) from e
+            raise
         mismatch = load_variables(list(model.checkpoint_variables()), files.weights(), model.tied_keys())
         if any(mismatch):
-            architectures = config.extra.get("architectures") or [None]
-            raise CheckpointError(
-                mismatch_message(type(model).__name__, str(files.name), architectures[0], cls.reference_name, mismatch)
-            )
+            raise refuse(mismatch)
         return model
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:

@@ -80,7 +80,8 @@ def save_variables(variables: list[CheckpointVariable], directory: Path) -> Path
     tensors = {}
     for slot in variables:
         value = np.asarray(slot.variable.numpy())
-        tensors[slot.key] = np.ascontiguousarray(value.T if slot.layout == TRANSPOSED else value)
+        # np.array, not np.ascontiguousarray: that makes a scalar (BlipModel's logit_scale) one-dimensional.
+        tensors[slot.key] = np.array(value.T if slot.layout == TRANSPOSED else value, order="C")
     path = directory / SAFETENSORS
     save_file(tensors, str(path), metadata={"format": "pt"})
     return path
