@@ -10,7 +10,7 @@ from typing import Any
 from blipkit.hub import ModelFiles, read_json
 from blipkit.processing.batch import BatchFeature
 from blipkit.processing.image import IMAGE_OPTIONS, BlipImageProcessor, BlipImageProcessorFast
-from blipkit.processing.text import BlipTokenizer, TextTokenizer
+from blipkit.processing.text import BlipTokenizer, TextTokenizer, ids_as_tensors
 
 
 class BlipProcessor:
@@ -118,16 +118,4 @@ class Blip2Processor(BlipProcessor):
             encoded = {k: [v] for k, v in encoded.items()}
         fill = {"input_ids": self.image_token_id, "attention_mask": 1}
         encoded = {k: [[fill[k]] * prefix + row for row in rows] for k, rows in encoded.items()}
-        return _as_tensors(encoded, return_tensors)
-
-
-def _as_tensors(encoded: dict[str, list[list[int]]], return_tensors: str | None) -> BatchFeature:
-    if return_tensors is None:
-        return BatchFeature(encoded)
-    if return_tensors != "pt":
-        raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
-    import torch
-
-    if len({len(row) for row in encoded["input_ids"]}) > 1:
-        raise ValueError("texts of different lengths cannot form one tensor: pass padding=True")
-    return BatchFeature({k: torch.tensor(v, dtype=torch.long) for k, v in encoded.items()})
+        return ids_as_tensors(encoded, return_tensors)

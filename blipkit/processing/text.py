@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
@@ -149,15 +150,9 @@ class TextTokenizer:
         out: dict[str, Any] = {"input_ids": ids}
         if return_attention_mask:
             out["attention_mask"] = masks
-        if return_tensors == "pt":
-            if len({len(s) for s in ids}) > 1:
-                raise ValueError("texts of different lengths cannot form one tensor: pass padding=True")
-            out = {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
-        elif return_tensors is not None:
-            raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
         if isinstance(text, str) and return_tensors is None:
-            out = {k: v[0] for k, v in out.items()}
-        return BatchFeature(out)
+            return BatchFeature({k: v[0] for k, v in out.items()})
+        return ids_as_tensors(out, return_tensors)
 
     def _encode(self, texts: list[str], add_special_tokens: bool, truncation: bool | str, max_length: int | None):
         if not truncation or truncation == "do_not_truncate":
@@ -276,3 +271,16 @@ def _token_content(token: Any) -> str | None:
     if isinstance(token, dict):  # {"content": "[PAD]", ...} as older tokenizer_config.json files write them
         return token.get("content")
     return token
+
+
+def ids_as_tensors(encoded: dict[str, list[list[int]]], return_tensors: str | None) -> BatchFeature:
+    """Token id rows as int64 torch tensors ("pt"), numpy arrays ("np": what the Keras classes take) or lists."""
+    if return_tensors is None:
+        return BatchFeature(encoded)
+    if return_tensors not in ("pt", "np"):
+        raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+    if len({len(row) for row in encoded["input_ids"]}) > 1:
+        raise ValueError("texts of different lengths cannot form one tensor: pass padding=True")
+    if return_tensors == "np":
+        return BatchFeature({k: np.asarray(v, dtype=np.int64) for k, v in encoded.items()})
+    return BatchFeature({k: torch.tensor(v, dtype=torch.long) for k, v in encoded.items()})
