@@ -94,6 +94,8 @@ def speed_choices() -> dict[str, str]:
     choices["other attention"] = "SDPA"
     choices["image keys/values a bf16 decoder reads"] = "float32" if slow else "bf16"
     choices["bf16 patch convolution"] = "float32" if slow else "bf16"
+    packed = linear.packs_weights(torch.bfloat16, torch.device("cpu"))
+    choices["bf16 linear weights of a loaded model"] = "packed by oneDNN" if packed else "dense"
     return choices
 
 

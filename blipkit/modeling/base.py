@@ -21,6 +21,7 @@ from blipkit.configs import BaseConfig
 from blipkit.devices import check_device, device_from_map
 from blipkit.hub import ModelFiles
 from blipkit.modeling.layers import CheckpointableLayer
+from blipkit.modeling.linear import pack_linears, packs_weights, unpack_linears
 from blipkit.modeling.quantize import QUANTIZE_METHODS, Int8Linear, quantize_linears
 
 M = TypeVar("M", bound="PreTrainedModel")
@@ -134,7 +135,11 @@ class PreTrainedModel(nn.Module):
             full for module, target, source, full in self._optional_ties()
             if module.get_parameter(target) is module.get_parameter(source)
         }  # fmt: skip
-        return {self.key_map.to_reference(k): v for k, v in self.state_dict().items() if k not in tied}
+        return {
+            self.key_map.to_reference(k): v.to_dense() if v.is_mkldnn else v
+            for k, v in self.state_dict().items()
+            if k not in tied
+        }
 
     @classmethod
     def from_pretrained(
@@ -189,7 +194,15 @@ class PreTrainedModel(nn.Module):
         if strict and (missing or unexpected or mis_shaped):
             raise CheckpointError(model._mismatch_message(files.name, missing, unexpected, mis_shaped))
         model._materialise_missing(dtype, device)
+        if packs_weights(dtype, device) and quantize is None:
+            pack_linears(model)
         return model.eval()
+
+    def train(self: M, mode: bool = True) -> M:
+        """As ``nn.Module.train``; training needs dense weights, so packed ones (see ``pack_linears``) are unpacked."""
+        if mode:
+            unpack_linears(self)
+        return super().train(mode)
 
     def _load_tensors(
         self, files: list[Path], dtype: torch.dtype, device: torch.device, copy: bool

@@ -1,0 +1,72 @@
+"""bf16 linear weights packed by oneDNN (``linear.pack_linears``): the same numbers as dense ones, saved dense,
+unpacked for training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import blipkit
+from blipkit.modeling import cpu
+from blipkit.modeling.linear import pack_linears, packs_weights, unpack_linears
+
+pytestmark = pytest.mark.skipif(
+    not cpu.has_native_bf16(cpu.detect()) or not torch.backends.mkldnn.is_available(),
+    reason="oneDNN packs bf16 weights on CPUs with native bf16 only",
+)
+
+
+@pytest.fixture(scope="module")
+def caption_dir(tmp_path_factory):
+    from tests.reference import save_reference
+
+    directory = tmp_path_factory.mktemp("packed") / "caption"
+    save_reference("BlipForConditionalGeneration", directory)
+    return directory
+
+
+def load(directory, packed: bool):
+    model = blipkit.BlipForConditionalGeneration.from_pretrained(directory, dtype=torch.bfloat16)
+    if not packed:
+        unpack_linears(model)
+    return model
+
+
+def packed_count(model) -> int:
+    return sum(1 for p in model.parameters() if p.is_mkldnn)
+
+
+def test_bf16_models_load_packed_and_float32_ones_dense(caption_dir):
+    assert packs_weights(torch.bfloat16, torch.device("cpu")) and not packs_weights(torch.float32, torch.device("cpu"))
+    assert packed_count(load(caption_dir, packed=True)) > 0
+    assert packed_count(blipkit.BlipForConditionalGeneration.from_pretrained(caption_dir)) == 0
+
+
+@pytest.mark.parametrize("settings", [{}, {"num_beams": 3}], ids=["greedy", "beams"])
+def test_packed_weights_give_the_dense_weights_numbers(caption_dir, settings):
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[30522, 1037, 3861, 102]] * 2)
+    packed, dense = load(caption_dir, packed=True), load(caption_dir, packed=False)
+    assert packed_count(dense) == 0
+    assert torch.equal(packed(pixels, input_ids=ids).logits, dense(pixels, input_ids=ids).logits)
+    assert torch.equal(packed.generate(pixels, **settings), dense.generate(pixels, **settings))
+
+
+def test_a_packed_model_saves_dense_weights_that_reload_equal(caption_dir, tmp_path):
+    packed = load(caption_dir, packed=True)
+    packed.save_pretrained(tmp_path / "saved")
+    dense = load(caption_dir, packed=False)
+    reloaded = load(tmp_path / "saved", packed=False)
+    for (name, a), (_, b) in zip(dense.state_dict().items(), reloaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_training_unpacks_and_packing_skips_shared_weights(caption_dir):
+    model = load(caption_dir, packed=True)
+    model.train()
+    assert packed_count(model) == 0 and all(p.requires_grad for p in model.parameters())
+    model.eval()
+    shared = model.text_decoder.bert.layers[0].self_attn.q
+    model.text_decoder.bert.layers[1].self_attn.q.weight = shared.weight  # a tie
+    pack_linears(model)
+    assert not shared.weight.is_mkldnn and packed_count(model) > 0
