@@ -95,7 +95,8 @@ def speed_choices() -> dict[str, str]:
     choices["image keys/values a bf16 decoder reads"] = "float32" if slow else "bf16"
     choices["bf16 patch convolution"] = "float32" if slow else "bf16"
     packed = linear.packs_weights(torch.bfloat16, torch.device("cpu"))
-    choices["bf16 linear weights of a loaded model"] = "packed by oneDNN" if packed else "dense"
+    variable = linear.PACKED_WEIGHTS_VARIABLE
+    choices["bf16 linear weights of a loaded model"] = f"packed by oneDNN ({variable}=1)" if packed else "dense"
     return choices
 
 

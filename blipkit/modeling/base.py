@@ -187,14 +187,15 @@ class PreTrainedModel(nn.Module):
             model = cls(config, **model_kwargs)
             if quantize is not None:
                 quantize_linears(model, quantize)
-        # A quantised model must not keep the files mapped through its other tensors: the pages of the float
-        # weights it has read would stay resident beside their int8 copies.
-        copy = quantize is not None
+        # A quantised or packed model must not keep the files mapped through its other tensors: the pages of the
+        # weights it has read would stay resident beside their int8 or packed copies.
+        packs = packs_weights(dtype, device) and quantize is None
+        copy = quantize is not None or packs
         missing, unexpected, mis_shaped = model._load_tensors(files.weights(), dtype, device, copy)
         if strict and (missing or unexpected or mis_shaped):
             raise CheckpointError(model._mismatch_message(files.name, missing, unexpected, mis_shaped))
         model._materialise_missing(dtype, device)
-        if packs_weights(dtype, device) and quantize is None:
+        if packs:
             pack_linears(model)
         return model.eval()
 

@@ -15,11 +15,15 @@ Two measured effects on a 2-core AVX2 machine (numbers in the README's Performan
 And one on a 2-core Intel Xeon with avx512_bf16 (no AMX): a one-row bf16 product reads the weight at 22-24 GB/s
 through ``F.linear`` (10240 x 2560: 2.37 ms) but at 48-50 GB/s (1.06 ms) from oneDNN's own blocked copy of it, with
 the same bits out; at 8 rows 3.6 against 6.1 ms, and never slower at any row count measured up to 2048. So where
-bf16 is native, bf16 inference models keep their linear weights packed (``pack_linears``; ``Form("packed")``).
+bf16 is native, bf16 inference models can keep their linear weights packed (``pack_linears``; ``Form("packed")``):
+BLIP-2 OPT-2.7b's warm caption took 10.3-11.1 s instead of 14.0-14.5. Packing costs time at load (16 s for that
+model, for reasons not yet found: the reorder alone runs at ~3 GB/s), so it is opt-in for now:
+BLIPKIT_PACKED_WEIGHTS=1.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 
@@ -39,6 +43,7 @@ INT8_KERNEL_ALIGNMENT = 64
 # Up to 24 rows (a batch of 8 with 3 beams) that kernel was 1.2-3x faster than float32 slices; at 48, slower.
 INT8_KERNEL_MAX_ROWS = 24
 CPU_CLASS = cpu_class()
+PACKED_WEIGHTS_VARIABLE = "BLIPKIT_PACKED_WEIGHTS"
 _SLOW_LOW_PRECISION = not has_native_bf16(CPU_CLASS)
 _scratch = threading.local()
 
@@ -260,6 +265,8 @@ class Linear(nn.Linear):
 def packs_weights(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether ``pack_linears`` packs a model of this dtype on this device (see the module docstring)."""
     native = has_native_bf16(CPU_CLASS) and torch.backends.mkldnn.is_available()
+    if os.environ.get(PACKED_WEIGHTS_VARIABLE, "0") != "1":  # opt-in until packing at load is cheap
+        return False
     return dtype == torch.bfloat16 and torch.device(device).type == "cpu" and native
 
 

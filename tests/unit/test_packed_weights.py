@@ -8,12 +8,17 @@ import torch
 
 import blipkit
 from blipkit.modeling import cpu
-from blipkit.modeling.linear import pack_linears, packs_weights, unpack_linears
+from blipkit.modeling.linear import PACKED_WEIGHTS_VARIABLE, pack_linears, packs_weights, unpack_linears
 
 pytestmark = pytest.mark.skipif(
     not cpu.has_native_bf16(cpu.detect()) or not torch.backends.mkldnn.is_available(),
     reason="oneDNN packs bf16 weights on CPUs with native bf16 only",
 )
+
+
+@pytest.fixture(autouse=True)
+def packing_on(monkeypatch):
+    monkeypatch.setenv(PACKED_WEIGHTS_VARIABLE, "1")
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +41,12 @@ def packed_count(model) -> int:
     return sum(1 for p in model.parameters() if p.is_mkldnn)
 
 
-def test_bf16_models_load_packed_and_float32_ones_dense(caption_dir):
+def test_bf16_models_load_packed_when_asked_and_float32_ones_dense(caption_dir, monkeypatch):
     assert packs_weights(torch.bfloat16, torch.device("cpu")) and not packs_weights(torch.float32, torch.device("cpu"))
     assert packed_count(load(caption_dir, packed=True)) > 0
     assert packed_count(blipkit.BlipForConditionalGeneration.from_pretrained(caption_dir)) == 0
+    monkeypatch.delenv(PACKED_WEIGHTS_VARIABLE)  # off by default
+    assert packed_count(load(caption_dir, packed=True)) == 0
 
 
 @pytest.mark.parametrize("settings", [{}, {"num_beams": 3}], ids=["greedy", "beams"])
