@@ -5,8 +5,7 @@ Public names are imported lazily, on first use, so that ``import blipkit`` stays
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from blipkit._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -61,18 +60,4 @@ _EXPORTS = {
         "AutoTokenizer",
     ),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'blipkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __all__ = lazy_exports("blipkit", _EXPORTS, globals())

@@ -3,8 +3,9 @@ and on JAX. Importing ``blipkit`` never imports Keras; importing a name from her
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from blipkit._lazy import lazy_exports
 
 _EXPORTS = {
     "blipkit.tf.models": (
@@ -18,20 +19,13 @@ _EXPORTS = {
     ),
     "blipkit.tf.base": ("TFPreTrainedModel",),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
+_exported, __all__ = lazy_exports("blipkit.tf", _EXPORTS, globals())
 
 
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'blipkit.tf' has no attribute {name!r}")
     try:
-        value = getattr(importlib.import_module(module), name)
+        return _exported(name)
     except ModuleNotFoundError as e:
         if e.name and e.name.split(".")[0] in ("keras", "tensorflow"):
             raise ImportError(f"blipkit.tf.{name} needs Keras 3 and TensorFlow: pip install 'blipkit[tf]'") from e
         raise
-    globals()[name] = value
-    return value

@@ -31,7 +31,7 @@ def generate(decode: Decode, caches, input_ids, attention_mask, config: Generati
     (``buffer_length``). Runs inside or outside a compiled function alike."""
     rows, prompt_length = input_ids.shape
     max_length = buffer_length(config, prompt_length)
-    eos = _eos_ids(config)
+    eos = eos_ids(config)
     attention_mask = ops.cast(attention_mask, "int32")
     min_total = prompt_length + config.min_new_tokens if config.min_new_tokens else config.min_length
     expand = config.num_beams if config.num_beams > 1 else config.num_return_sequences
@@ -231,7 +231,7 @@ def _is_in(tokens, ids: list[int]):
     return hit
 
 
-def _eos_ids(config: GenerationConfig) -> list[int] | None:
+def eos_ids(config: GenerationConfig) -> list[int] | None:
     eos = config.eos_token_id
     if eos is None:
         return None

@@ -205,7 +205,7 @@ class _TextGeneration(_TFBlip):
             )
         if prompt_mask is None:
             pad = config.pad_token_id
-            has_pad = ops.any(prompt_ids == pad) if pad not in (generation._eos_ids(config) or []) else False
+            has_pad = ops.any(prompt_ids == pad) if pad not in (generation.eos_ids(config) or []) else False
             prompt_mask = ops.where(has_pad, ops.cast(prompt_ids != pad, "int32"), ops.ones_like(prompt_ids))
         bert = self.text_decoder.bert
         context_kv = [layer.crossattention.project_kv(context) for layer in bert.text_layers]
@@ -259,6 +259,17 @@ class _TextGeneration(_TFBlip):
         if "_compiled_generation" not in self.__dict__:
             object.__setattr__(self, "_compiled_generation", {})
         return self.__dict__["_compiled_generation"]
+
+
+def _generation_inputs(input_ids, pixel_values, attention_mask) -> dict[str, Any]:
+    """What a generation body takes, as tensors; no mask when none was given (the body infers one)."""
+    inputs = {
+        "input_ids": to_tensor(input_ids, "int32", "input_ids"),
+        "pixel_values": to_tensor(pixel_values, "float32", "pixel_values"),
+    }
+    if attention_mask is not None:
+        inputs["attention_mask"] = to_tensor(attention_mask, "int32", "attention_mask")
+    return inputs
 
 
 def _image_size(config: BlipConfig) -> tuple[int, int]:
@@ -336,9 +347,7 @@ class TFBlipForConditionalGeneration(_TextGeneration):
                 f"input_ids must have shape ({batch}, tokens >= 2) - one prompt per image, ending in [SEP] as the "
                 f"processor writes it - got {tuple(input_ids.shape)}"
             )
-        inputs = {"pixel_values": pixel_values, "input_ids": input_ids}
-        if attention_mask is not None:
-            inputs["attention_mask"] = to_tensor(attention_mask, "int32", "attention_mask")
+        inputs = _generation_inputs(input_ids, pixel_values, attention_mask)
         return self._run_generation(config, seed, interpolate_pos_encoding, inputs, jit_compile)
 
     def _generation_body(self, config: GenerationConfig, seed: int | None, interpolate_pos_encoding: bool = False):
@@ -432,12 +441,7 @@ class TFBlipForQuestionAnswering(_TextGeneration, _MultimodalEncoder):
                  seed: int | None = None, jit_compile: bool = False, **generate_kwargs):  # fmt: skip
         """Answer ids, starting with [DEC], as the torch class returns them. ``input_ids`` are the questions."""
         config = self._generation_config(generate_kwargs)
-        inputs = {
-            "input_ids": to_tensor(input_ids, "int32", "input_ids"),
-            "pixel_values": to_tensor(pixel_values, "float32", "pixel_values"),
-        }
-        if attention_mask is not None:
-            inputs["attention_mask"] = to_tensor(attention_mask, "int32", "attention_mask")
+        inputs = _generation_inputs(input_ids, pixel_values, attention_mask)
         return self._run_generation(config, seed, interpolate_pos_encoding, inputs, jit_compile)
 
     def _generation_body(self, config: GenerationConfig, seed: int | None, interpolate_pos_encoding: bool = False):
