@@ -85,6 +85,7 @@ def speed_choices() -> dict[str, str]:
         "torch": f"{torch.__version__}, {torch.get_num_threads()} threads, kernels for "
         f"{torch.backends.cpu.get_cpu_capability()}",
     }
+    choices["bf16 products computed in float32"] = _upcast_rule(bf16)
     for name, dtype in (("bf16", torch.bfloat16), ("float32", torch.float32)):
         for rows in (1, linear.UPCAST_MIN_ROWS, many):
             choices[f"{name} products, {rows} row{'s' if rows > 1 else ''}"] = _product_form(dtype, dtype, rows)
@@ -96,8 +97,26 @@ def speed_choices() -> dict[str, str]:
     choices["bf16 patch convolution"] = "float32" if slow else "bf16"
     packed = linear.packs_weights(torch.bfloat16, torch.device("cpu"))
     variable = linear.PACKED_WEIGHTS_VARIABLE
-    choices["bf16 linear weights of a loaded model"] = f"packed by oneDNN ({variable}=1)" if packed else "dense"
+    choices["bf16 linear weights of a loaded decoder"] = (
+        f"packed by oneDNN ({variable}=0: dense)" if packed else "dense"
+    )
     return choices
+
+
+def _upcast_rule(bf16) -> str:
+    """From how many rows bf16 products run in float32 here, and how that was decided."""
+    from blipkit.modeling import cpu, linear
+
+    rows = linear.upcast_min_rows(bf16)
+    if linear.computes_low_precision_slowly(bf16):
+        how = "no native bf16"
+    elif os.environ.get(linear.UPCAST_ROWS_VARIABLE, "").strip():
+        how = f"set by {linear.UPCAST_ROWS_VARIABLE}"
+    elif cpu.is_forced():
+        how = "not measured: the CPU class is forced"
+    else:
+        how = "measured in this process"
+    return f"never ({how})" if rows is None else f"from {rows} rows ({how})"
 
 
 def _product_form(dtype, weight_dtype, rows: int) -> str:

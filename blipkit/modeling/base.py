@@ -21,7 +21,7 @@ from blipkit.configs import BaseConfig
 from blipkit.devices import check_device, device_from_map
 from blipkit.hub import ModelFiles
 from blipkit.modeling.layers import CheckpointableLayer
-from blipkit.modeling.linear import pack_linears, packs_weights, unpack_linears
+from blipkit.modeling.linear import packable_weights, packed, packs_weights, unpack_linears
 from blipkit.modeling.quantize import QUANTIZE_METHODS, Int8Linear, quantize_linears
 
 M = TypeVar("M", bound="PreTrainedModel")
@@ -42,6 +42,9 @@ class PreTrainedModel(nn.Module):
     config_class: ClassVar[type[BaseConfig]]
     key_map: ClassVar[KeyMap] = KeyMap([])
     supports_gradient_checkpointing: ClassVar[bool] = True  # as the reference's models declare it
+    # The submodule ("": the whole model) that generates a token a step. Its products have a few rows, so where bf16
+    # is native its bf16 linear weights are loaded packed, which one-row products read faster (``linear.packed``).
+    decoder_part: ClassVar[str | None] = None
 
     def __init__(self, config: BaseConfig) -> None:
         super().__init__()
@@ -187,16 +190,16 @@ class PreTrainedModel(nn.Module):
             model = cls(config, **model_kwargs)
             if quantize is not None:
                 quantize_linears(model, quantize)
+        # The decoder's linear weights are packed as they are read, straight from the mapped files.
         # A quantised or packed model must not keep the files mapped through its other tensors: the pages of the
         # weights it has read would stay resident beside their int8 or packed copies.
-        packs = packs_weights(dtype, device) and quantize is None
-        copy = quantize is not None or packs
-        missing, unexpected, mis_shaped = model._load_tensors(files.weights(), dtype, device, copy)
+        packs = model.decoder_part is not None and packs_weights(dtype, device) and quantize is None
+        packing = packable_weights(model, model.decoder_part) if packs else set()
+        copy = quantize is not None or bool(packing)
+        missing, unexpected, mis_shaped = model._load_tensors(files.weights(), dtype, device, copy, packing)
         if strict and (missing or unexpected or mis_shaped):
             raise CheckpointError(model._mismatch_message(files.name, missing, unexpected, mis_shaped))
         model._materialise_missing(dtype, device)
-        if packs:
-            pack_linears(model)
         return model.eval()
 
     def train(self: M, mode: bool = True) -> M:
@@ -206,10 +209,11 @@ class PreTrainedModel(nn.Module):
         return super().train(mode)
 
     def _load_tensors(
-        self, files: list[Path], dtype: torch.dtype, device: torch.device, copy: bool
+        self, files: list[Path], dtype: torch.dtype, device: torch.device, copy: bool, packing: set[str]
     ) -> tuple[list[str], list[str], list[str]]:
         """Give the model the files' tensors one at a time, each through ``load_weight``; return the (missing,
-        unexpected, mis-shaped) reference keys. ``copy`` copies tensors out of the mapped files instead of viewing them.
+        unexpected, mis-shaped) reference keys. ``copy`` copies tensors out of the mapped files instead of viewing them;
+        the weights named in ``packing`` are packed instead (see ``linear.packed``).
         """
         expected = dict(self.state_dict(keep_vars=True))
         tied = self.tied_reference_keys()
@@ -227,6 +231,8 @@ class PreTrainedModel(nn.Module):
                 seen.add(key)  # a mis-shaped key is reported as such, not also as missing
                 if slot.shape != tensor.shape:
                     mis_shaped.append(f"{ref_key} (checkpoint {tuple(tensor.shape)}, model {tuple(slot.shape)})")
+                elif key in packing:
+                    self._load_weight(key, packed(_as_loaded(tensor, slot, dtype, device, copy=False)))
                 else:
                     self._load_weight(key, _as_loaded(tensor, slot, dtype, device, copy))
         for module, _target, source, full in self._optional_ties():

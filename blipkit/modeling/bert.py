@@ -200,6 +200,7 @@ class BlipTextLMHeadModel(PreTrainedModel):
 
     config_class = BlipTextConfig
     key_map = KeyMap(TEXT_KEYS)
+    decoder_part = ""
 
     def __init__(
         self, config: BlipTextConfig, tie_word_embeddings: bool = False, mask_cross_attention: bool = False

@@ -44,6 +44,7 @@ class _TextGeneration(GenerationMixin):
 
     config: BlipConfig
     text_decoder: BlipTextLMHeadModel
+    decoder_part = "text_decoder"
 
     def _decode_text(
         self,

@@ -333,6 +333,8 @@ class Blip2Model(_Blip2WithLanguageModel):
 class Blip2ForConditionalGeneration(GenerationMixin, _Blip2WithLanguageModel):
     """BLIP-2 for captioning and visual question answering: ``generate`` continues the prompt after the image."""
 
+    decoder_part = "language_model"
+
     def __init__(self, config: Blip2Config) -> None:
         super().__init__(config)
         self.generation_config = GenerationConfig()

@@ -8,7 +8,8 @@ Three classes compute differently enough to change which form of a product or an
 - ``amx``: Intel AMX tiles (Sapphire Rapids on), native bf16 at a higher rate still.
 
 ``BLIPKIT_CPU_CLASS`` (set before blipkit is imported) makes blipkit take another class's paths, so that every
-path's correctness can be tested, and its speed compared, on any machine.
+path's correctness can be tested, and its speed compared, on any machine; what a class's paths would be refined by
+measuring this machine (``linear.upcast_min_rows``) is then not measured.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def cpu_class() -> str:
     if forced not in CLASSES:
         raise ValueError(f"{ENVIRONMENT_VARIABLE}={forced!r} is not a CPU class; use one of {', '.join(CLASSES)}")
     return forced
+
+
+def is_forced() -> bool:
+    """Whether ``BLIPKIT_CPU_CLASS`` chose the class (then measurements that refine a class's choices are skipped)."""
+    return bool(os.environ.get(ENVIRONMENT_VARIABLE, "").strip())
 
 
 def has_native_bf16(cpu: str) -> bool:

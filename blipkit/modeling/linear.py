@@ -12,26 +12,30 @@ Two measured effects on a 2-core AVX2 machine (numbers in the README's Performan
   ``x @ W.T`` (the LM head of BLIP, 30524 x 768 with 8 rows: 9.4 ms against 24.9). From TRANSPOSED_MAX_ROWS rows
   on, the usual form is faster.
 
-And one on a 2-core Intel Xeon with avx512_bf16 (no AMX): a one-row bf16 product reads the weight at 22-24 GB/s
-through ``F.linear`` (10240 x 2560: 2.37 ms) but at 48-50 GB/s (1.06 ms) from oneDNN's own blocked copy of it, with
-the same bits out; at 8 rows 3.6 against 6.1 ms, and never slower at any row count measured up to 2048. So where
-bf16 is native, bf16 inference models can keep their linear weights packed (``pack_linears``; ``Form("packed")``):
-BLIP-2 OPT-2.7b's warm caption took 10.3-11.1 s instead of 14.0-14.5. Packing costs time at load (16 s for that
-model, for reasons not yet found: the reorder alone runs at ~3 GB/s), so it is opt-in for now:
-BLIPKIT_PACKED_WEIGHTS=1.
+Where bf16 is native, two more, measured on a 2-core Intel Xeon with avx512_bf16 (no AMX):
+
+- Native is not always faster: there, a many-row bf16 product ran at 135-150 GFLOP/s and the same product in
+  float32 at 210-265 (on an AMD EPYC of the same class, bf16 ran at about twice float32's rate). So on CPUs with
+  native bf16 the row count from which float32 wins is measured once per process (``upcast_min_rows``: a short
+  calibration, ~0.1 s, at the first bf16 product), not assumed.
+- A one-row bf16 product reads the weight at ~12 GB/s through ``F.linear`` but at ~17 GB/s from oneDNN's own blocked
+  copy of it (streaming 2 GB of weights; 22 against 49 GB/s when they fit in cache), with the same bits out. So the
+  decoders of bf16 models keep their linear weights packed (``pack_linears``; ``Form("packed")``): BLIP-2
+  OPT-2.7b's decode steps took 0.34 s instead of 0.46.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blipkit.modeling.cpu import cpu_class, has_native_bf16
+from blipkit.modeling.cpu import cpu_class, has_native_bf16, is_forced
 
 UPCAST_MIN_ROWS = 8
 TRANSPOSED_MAX_ROWS = 128
@@ -44,13 +48,82 @@ INT8_KERNEL_ALIGNMENT = 64
 INT8_KERNEL_MAX_ROWS = 24
 CPU_CLASS = cpu_class()
 PACKED_WEIGHTS_VARIABLE = "BLIPKIT_PACKED_WEIGHTS"
+UPCAST_ROWS_VARIABLE = "BLIPKIT_UPCAST_MIN_ROWS"
+# The row counts the calibration times; more rows are taken to go the way the last count went.
+CALIBRATION_ROWS = (16, 32, 64, 128, 256, 512)
+# Float32 must be this much faster at a row count to be chosen, so that timing noise does not flip the choice.
+CALIBRATION_MARGIN = 0.9
 _SLOW_LOW_PRECISION = not has_native_bf16(CPU_CLASS)
+_calibrated: dict[torch.dtype, int | None] = {}
 _scratch = threading.local()
 
 
 def computes_low_precision_slowly(t: torch.Tensor) -> bool:
     """Whether arithmetic on ``t``'s dtype and device is much faster done in float32 (see UPCAST_MIN_ROWS)."""
     return t.dtype in (torch.bfloat16, torch.float16) and t.device.type == "cpu" and _SLOW_LOW_PRECISION
+
+
+def upcast_min_rows(t: torch.Tensor) -> int | None:
+    """The fewest rows from which products with ``t``'s dtype (as weight or input) are computed in float32 on this
+    machine; None: never. Without native bf16, UPCAST_MIN_ROWS; with it, measured at the first call for the dtype
+    (``calibrate_upcast``) unless BLIPKIT_UPCAST_MIN_ROWS gives it ("never" or a row count). A forced CPU class
+    (``cpu.cpu_class``) is not measured: its products stay native, as the class's are meant to."""
+    if t.dtype not in (torch.bfloat16, torch.float16) or t.device.type != "cpu":
+        return None
+    if _SLOW_LOW_PRECISION:
+        return UPCAST_MIN_ROWS
+    if t.dtype not in _calibrated:
+        forced = os.environ.get(UPCAST_ROWS_VARIABLE, "").strip()
+        if forced:
+            _calibrated[t.dtype] = _forced_rows(forced)
+        else:
+            _calibrated[t.dtype] = None if is_forced() else calibrate_upcast(t.dtype)
+    return _calibrated[t.dtype]
+
+
+def calibrate_upcast(dtype: torch.dtype, features: int = 1024) -> int | None:
+    """Time a ``features``-square product in ``dtype`` natively and in float32 (from float32 slices of the weight,
+    as ``linear`` makes them) at each of CALIBRATION_ROWS; return the fewest rows from which float32 won (by
+    CALIBRATION_MARGIN) at every count timed, or None. Both costs grow with the weight's size alike, so one size
+    stands for all."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(features, features, generator=generator).to(dtype)
+    wins = []
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        for rows in CALIBRATION_ROWS:
+            x = torch.randn(rows, features, generator=generator).to(dtype)
+            native = _best_time(lambda x=x: F.linear(x, weight))
+            upcast = _best_time(lambda x=x: _sliced(x, weight, None, None, None, torch.float32))
+            wins.append(upcast < CALIBRATION_MARGIN * native)
+    threshold = None
+    for rows, won in reversed(list(zip(CALIBRATION_ROWS, wins, strict=True))):
+        if not won:
+            break
+        threshold = rows
+    return threshold
+
+
+def _best_time(product, repeats: int = 3) -> float:
+    product()  # the first call of a kernel may build it
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _forced_rows(value: str) -> int | None:
+    if value == "never":
+        return None
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise ValueError(f"{UPCAST_ROWS_VARIABLE}={value!r}: give a positive row count or 'never'")
+
+
+def _upcasts(t: torch.Tensor, rows: int) -> bool:
+    threshold = upcast_min_rows(t)
+    return threshold is not None and rows >= threshold
 
 
 @dataclass(frozen=True)
@@ -72,12 +145,10 @@ def choose_form(
     """The fastest form of ``x @ weight.T`` for this many rows, these dtypes, this device and CPU class (the
     measurements behind each threshold: the module docstring)."""
     rows = _rows(x)
+    # int8 weights compute in float32 for float32 inputs, else as the inputs' dtype would
+    upcast = _upcasts(weight, rows) if scale is None else x.dtype == torch.float32 or _upcasts(x, rows)
     if weight.is_mkldnn:
-        return Form("packed")
-    if scale is None:
-        upcast = computes_low_precision_slowly(weight) and rows >= UPCAST_MIN_ROWS
-    else:  # int8 weights: in float32, or in bf16/fp16 where this CPU computes them natively
-        upcast = x.dtype == torch.float32 or computes_low_precision_slowly(x)
+        return Form("packed", torch.float32 if upcast else None)
     tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if tracked and (upcast or scale is not None or out is not None):  # autograd cannot record out= and buffers
         return Form("differentiable")
@@ -125,7 +196,7 @@ def _differentiable(x, weight, bias, scale, out, compute) -> torch.Tensor:
     in float32 from float32 copies (kept for the backward pass) where the low precision is slow."""
     if scale is not None:
         weight = weight.to(x.dtype) * scale[:, None].to(x.dtype)
-    if _rows(x) >= UPCAST_MIN_ROWS and computes_low_precision_slowly(x):
+    if _upcasts(x, _rows(x)):
         product = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
         return _written(product, out, product.shape, x.dtype)
     return _autocast_aware(F.linear(x, weight, bias), out, x)
@@ -204,7 +275,10 @@ def _plain(x, weight, bias, scale, out, compute) -> torch.Tensor:
 
 def _packed(x, weight, bias, scale, out, compute) -> torch.Tensor:
     """oneDNN's product with a weight it packed (``pack_linears``): bf16 inputs only, and no autograd through it;
-    anything else multiplies a dense copy."""
+    anything else multiplies a dense copy, as does a product with ``compute`` float32 (rows enough for float32 to be
+    faster here; the copy costs what one row of the product does)."""
+    if compute is not None and not (torch.is_grad_enabled() and x.requires_grad):
+        return _sliced(x, weight.to_dense(), bias, scale, out, compute)
     if x.dtype != torch.bfloat16 or (torch.is_grad_enabled() and x.requires_grad):
         return _autocast_aware(F.linear(x, weight.to_dense(), bias), out, x)
     product = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
@@ -263,26 +337,44 @@ class Linear(nn.Linear):
 
 
 def packs_weights(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether ``pack_linears`` packs a model of this dtype on this device (see the module docstring)."""
+    """Whether ``from_pretrained`` packs a decoder's weights for a model of this dtype on this device (see the module
+    docstring); BLIPKIT_PACKED_WEIGHTS=0 turns it off."""
     native = has_native_bf16(CPU_CLASS) and torch.backends.mkldnn.is_available()
-    if os.environ.get(PACKED_WEIGHTS_VARIABLE, "0") != "1":  # opt-in until packing at load is cheap
+    if os.environ.get(PACKED_WEIGHTS_VARIABLE, "1") == "0":
         return False
     return dtype == torch.bfloat16 and torch.device(device).type == "cpu" and native
 
 
-def pack_linears(model: nn.Module) -> None:
-    """Replace the bf16 weights of ``model``'s ``Linear`` layers by oneDNN's packed copies (the same values; the
-    dense ones are freed). A weight another module shares (a tied head) stays dense. Inference only: ``unpack_linears``
-    undoes it, as ``PreTrainedModel.train()`` does."""
+def packable_weights(model: nn.Module, part: str = "") -> set[str]:
+    """The names of the weights ``pack_linears`` would pack: those of the ``Linear`` layers under ``part`` (a
+    submodule's name; "" for all) that no other module shares (a tied head stays dense). Works on a model built on
+    the meta device, before loading."""
     uses: dict[int, int] = {}
     for module in model.modules():
         for param in module.parameters(recurse=False):
             uses[id(param)] = uses.get(id(param), 0) + 1
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if type(module) is Linear and weight.dtype == torch.bfloat16 and not weight.is_mkldnn and uses[id(weight)] == 1:
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
-            module.weight = nn.Parameter(packed, requires_grad=False)
+    return {
+        f"{name}.weight" if name else "weight"
+        for name, module in model.named_modules()
+        if type(module) is Linear and uses[id(module.weight)] == 1 and (not part or name.startswith(f"{part}."))
+    }
+
+
+def packed(weight: torch.Tensor) -> nn.Parameter:
+    """oneDNN's packed copy of a bf16 ``weight`` (out_features x in_features), for ``Form("packed")``."""
+    return nn.Parameter(torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1), requires_grad=False)
+
+
+def pack_linears(model: nn.Module, part: str = "") -> None:
+    """Replace the bf16 weights of the ``Linear`` layers under ``part`` of ``model`` by oneDNN's packed copies (the
+    same values; the dense ones are freed), as ``from_pretrained`` does for a model's decoder while it loads.
+    Inference only: ``unpack_linears`` undoes it, as ``PreTrainedModel.train()`` does."""
+    for name in packable_weights(model, part):
+        owner, _, attribute = name.rpartition(".")
+        module = model.get_submodule(owner)
+        weight = getattr(module, attribute)
+        if weight.dtype == torch.bfloat16 and not weight.is_mkldnn:
+            setattr(module, attribute, packed(weight))
 
 
 def unpack_linears(model: nn.Module) -> None:

@@ -112,6 +112,7 @@ class OPTForCausalLM(PreTrainedModel):
 
     config_class = OPTConfig
     key_map = KeyMap(OPT_KEYS)
+    decoder_part = ""
 
     def __init__(self, config: OPTConfig) -> None:
         super().__init__(config)

@@ -194,6 +194,7 @@ class T5ForConditionalGeneration(GenerationMixin, PreTrainedModel):
 
     config_class = T5Config
     key_map = KeyMap(T5_KEYS)
+    decoder_part = ""
     # The reference's aliases of ``shared``, and a table old checkpoints carry that no layer reads.
     tied_suffixes = (
         "encoder.embed_tokens.weight",

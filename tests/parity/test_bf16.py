@@ -18,12 +18,15 @@ from tests.builders.models import saved_blip2
 from tests.reference import IMAGE_SIZE, save_reference
 
 
-@pytest.fixture(params=["upcast", "upcast-untransposed", "native"])
+@pytest.fixture(params=["upcast", "upcast-untransposed", "native", "native-upcast"])
 def matmul_path(request, monkeypatch):
     # "native": as on a CPU with bf16 instructions, where every product, the patch convolution and the image's
-    # keys and values stay in bf16.
-    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", request.param != "native")
+    # keys and values stay in bf16; "native-upcast": such a CPU whose calibration found float32 products faster.
+    native = request.param.startswith("native")
+    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", not native)
     monkeypatch.setattr(linear, "UPCAST_MIN_ROWS", 1)
+    calibrated = 1 if request.param == "native-upcast" else None
+    monkeypatch.setattr(linear, "_calibrated", {torch.bfloat16: calibrated, torch.float16: calibrated})
     if request.param == "upcast-untransposed":  # every product in the many-rows form
         monkeypatch.setattr(linear, "TRANSPOSED_MAX_ROWS", 1)
     monkeypatch.setattr(linear, "UPCAST_BUFFER_ELEMENTS", 300)  # several slices per weight

@@ -99,20 +99,26 @@ def test_an_unknown_cpu_class_is_refused():
 
 
 @pytest.mark.parametrize(
-    "cpu_class, expected",
+    "cpu_class, upcast_rows, expected",
     [
-        ("avx2", {"bf16 products, 8 rows": "W @ x.T in float32",
-                  "bf16 products, 129 rows": "x @ W.T in float32, from weight slices",
-                  "bf16 attention, up to 16 queries": "SDPA",
-                  "int8 products in a bf16 model, 129 rows": "x @ W.T in float32, from weight slices"}),
-        ("avx512_bf16", {"bf16 products, 8 rows": "x @ W.T", "bf16 products, 129 rows": "x @ W.T",
-                         "bf16 attention, up to 16 queries": "matmul-softmax-matmul",
-                         "int8 products in a bf16 model, 129 rows": "x @ W.T in bfloat16, from weight slices"}),
+        ("avx2", "", {"bf16 products computed in float32": "from 8 rows (no native bf16)",
+                      "bf16 products, 8 rows": "W @ x.T in float32",
+                      "bf16 products, 129 rows": "x @ W.T in float32, from weight slices",
+                      "bf16 attention, up to 16 queries": "SDPA",
+                      "int8 products in a bf16 model, 129 rows": "x @ W.T in float32, from weight slices"}),
+        ("avx512_bf16", "", {"bf16 products computed in float32": "never (not measured: the CPU class is forced)",
+                             "bf16 products, 8 rows": "x @ W.T", "bf16 products, 129 rows": "x @ W.T",
+                             "bf16 attention, up to 16 queries": "matmul-softmax-matmul",
+                             "int8 products in a bf16 model, 129 rows": "x @ W.T in bfloat16, from weight slices"}),
+        ("amx", "64", {"bf16 products computed in float32": "from 64 rows (set by BLIPKIT_UPCAST_MIN_ROWS)",
+                       "bf16 products, 8 rows": "x @ W.T",
+                       "bf16 products, 129 rows": "x @ W.T in float32, from weight slices",
+                       "int8 products in a bf16 model, 129 rows": "x @ W.T in float32, from weight slices"}),
     ],
 )  # fmt: skip
-def test_info_speed_prints_the_forms_this_cpu_class_takes(cpu_class, expected):
+def test_info_speed_prints_the_forms_this_cpu_class_takes(cpu_class, upcast_rows, expected):
     blipkit = str(Path(sys.executable).parent / "blipkit")
-    env = {**os.environ, "BLIPKIT_CPU_CLASS": cpu_class}
+    env = {**os.environ, "BLIPKIT_CPU_CLASS": cpu_class, "BLIPKIT_UPCAST_MIN_ROWS": upcast_rows}
     done = subprocess.run([blipkit, "info", "--speed", "--json"], capture_output=True, text=True, env=env)
     choices = json.loads(done.stdout)
     assert choices["cpu class"].startswith(f"{cpu_class} (")

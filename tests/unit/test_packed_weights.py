@@ -1,5 +1,5 @@
-"""bf16 linear weights packed by oneDNN (``linear.pack_linears``): the same numbers as dense ones, saved dense,
-unpacked for training."""
+"""The bf16 linear weights of a decoder, packed by oneDNN as they load (``linear.packed``): the same numbers as dense
+ones, saved dense, unpacked for training; the image encoder's stay dense."""
 
 from __future__ import annotations
 
@@ -7,18 +7,13 @@ import pytest
 import torch
 
 import blipkit
-from blipkit.modeling import cpu
-from blipkit.modeling.linear import PACKED_WEIGHTS_VARIABLE, pack_linears, packs_weights, unpack_linears
+from blipkit.modeling import cpu, linear
+from blipkit.modeling.linear import PACKED_WEIGHTS_VARIABLE, Linear, pack_linears, packs_weights, unpack_linears
 
 pytestmark = pytest.mark.skipif(
     not cpu.has_native_bf16(cpu.detect()) or not torch.backends.mkldnn.is_available(),
     reason="oneDNN packs bf16 weights on CPUs with native bf16 only",
 )
-
-
-@pytest.fixture(autouse=True)
-def packing_on(monkeypatch):
-    monkeypatch.setenv(PACKED_WEIGHTS_VARIABLE, "1")
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +36,17 @@ def packed_count(model) -> int:
     return sum(1 for p in model.parameters() if p.is_mkldnn)
 
 
-def test_bf16_models_load_packed_when_asked_and_float32_ones_dense(caption_dir, monkeypatch):
+def test_bf16_decoders_load_packed_unless_turned_off_and_float32_ones_dense(caption_dir, monkeypatch):
     assert packs_weights(torch.bfloat16, torch.device("cpu")) and not packs_weights(torch.float32, torch.device("cpu"))
-    assert packed_count(load(caption_dir, packed=True)) > 0
+    model = load(caption_dir, packed=True)
+    packed_names = {name for name, p in model.named_parameters() if p.is_mkldnn}
+    decoder_linears = {
+        f"{name}.weight" for name, module in model.named_modules() if name.startswith("text_decoder.")
+        and type(module) is Linear and module.weight is not model.text_decoder.bert.embeddings.word_embeddings.weight
+    }  # fmt: skip
+    assert packed_names == decoder_linears and len(packed_names) > 0  # the image encoder's products have many rows
     assert packed_count(blipkit.BlipForConditionalGeneration.from_pretrained(caption_dir)) == 0
-    monkeypatch.delenv(PACKED_WEIGHTS_VARIABLE)  # off by default
+    monkeypatch.setenv(PACKED_WEIGHTS_VARIABLE, "0")
     assert packed_count(load(caption_dir, packed=True)) == 0
 
 
@@ -77,3 +78,16 @@ def test_training_unpacks_and_packing_skips_shared_weights(caption_dir):
     model.text_decoder.bert.layers[1].self_attn.q.weight = shared.weight  # a tie
     pack_linears(model)
     assert not shared.weight.is_mkldnn and packed_count(model) > 0
+
+
+def test_many_row_products_with_packed_weights_take_the_calibrated_float32_form(monkeypatch):
+    """Where float32 products measured faster from some row count, a packed weight gives a dense one's float32 bits."""
+    monkeypatch.setattr(linear, "_calibrated", {torch.bfloat16: 16})
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 64, generator=generator).bfloat16()
+    bias = torch.randn(96, generator=generator).bfloat16()
+    packed_weight = linear.packed(weight)
+    for rows, compute in ((3, None), (40, torch.float32)):
+        x = torch.randn(rows, 64, generator=generator).bfloat16()
+        assert linear.choose_form(x, packed_weight) == linear.Form("packed", compute)
+        assert torch.equal(linear.linear(x, packed_weight, bias), linear.linear(x, weight, bias))
