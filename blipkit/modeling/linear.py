@@ -121,7 +121,8 @@ def _forced_rows(value: str) -> int | None:
     raise ValueError(f"{UPCAST_ROWS_VARIABLE}={value!r}: give a positive row count or 'never'")
 
 
-def _upcasts(t: torch.Tensor, rows: int) -> bool:
+def upcasts(t: torch.Tensor, rows: int) -> bool:
+    """Whether a product of ``rows`` rows with ``t``'s dtype is computed in float32 here (``upcast_min_rows``)."""
     threshold = upcast_min_rows(t)
     return threshold is not None and rows >= threshold
 
@@ -146,7 +147,7 @@ def choose_form(
     measurements behind each threshold: the module docstring)."""
     rows = _rows(x)
     # int8 weights compute in float32 for float32 inputs, else as the inputs' dtype would
-    upcast = _upcasts(weight, rows) if scale is None else x.dtype == torch.float32 or _upcasts(x, rows)
+    upcast = upcasts(weight, rows) if scale is None else x.dtype == torch.float32 or upcasts(x, rows)
     if weight.is_mkldnn:
         return Form("packed", torch.float32 if upcast else None)
     tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
@@ -196,7 +197,7 @@ def _differentiable(x, weight, bias, scale, out, compute) -> torch.Tensor:
     in float32 from float32 copies (kept for the backward pass) where the low precision is slow."""
     if scale is not None:
         weight = weight.to(x.dtype) * scale[:, None].to(x.dtype)
-    if _upcasts(x, _rows(x)):
+    if upcasts(x, _rows(x)):
         product = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
         return _written(product, out, product.shape, x.dtype)
     return _autocast_aware(F.linear(x, weight, bias), out, x)
