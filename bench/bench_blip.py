@@ -158,7 +158,11 @@ def measure(row: Row, rounds: int, peaks: dict) -> str:
 
     path = checkpoint(row.size, row.task)
     reference = getattr(transformers, CLASSES[row.task]).from_pretrained(path, dtype=row.dtype).eval()
-    ours = getattr(blipkit, CLASSES[row.task]).from_pretrained(path, dtype=row.dtype, quantize=row.quantize)
+    # As serve and the batch jobs load them: a bf16 decoder's weights packed where bf16 is native
+    # (BLIPKIT_PACKED_WEIGHTS=0 measures them dense).
+    ours = getattr(blipkit, CLASSES[row.task]).from_pretrained(
+        path, dtype=row.dtype, quantize=row.quantize, pack_weights=True
+    )
     batch = inputs(row, row.dtype)
     work(reference, row, batch), work(ours, row, batch)  # warm up both
     ref_times, our_times = [], []

@@ -95,11 +95,14 @@ def speed_choices() -> dict[str, str]:
     choices["other attention"] = "SDPA"
     choices["image keys/values a bf16 decoder reads"] = "float32" if slow else "bf16"
     choices["bf16 patch convolution"] = "float32" if slow else "bf16"
-    packed = linear.packs_weights(torch.bfloat16, torch.device("cpu"))
+    cpu_device = torch.device("cpu")
+    packed = {
+        "serve and jobs": linear.packs_weights(torch.bfloat16, cpu_device, default=True),
+        "from_pretrained": linear.packs_weights(torch.bfloat16, cpu_device),
+    }
     variable = linear.PACKED_WEIGHTS_VARIABLE
-    choices["bf16 linear weights of a loaded decoder"] = (
-        f"packed by oneDNN ({variable}=0: dense)" if packed else "dense"
-    )
+    for where, packs in packed.items():
+        choices[f"bf16 decoder weights, {where}"] = f"packed by oneDNN ({variable}=0/1)" if packs else "dense"
     return choices
 
 

@@ -120,7 +120,8 @@ class PreparedImages:
 class CapFiltWorker:
     def __init__(self, spec: CapFiltSpec) -> None:
         self.spec = spec
-        common = {"dtype": spec.dtype, "device": spec.device, "quantize": spec.quantize}
+        # A job captions many images: decode steps that read packed bf16 weights pay back packing them at load.
+        common = {"dtype": spec.dtype, "device": spec.device, "quantize": spec.quantize, "pack_weights": True}
         self.captioner = load(TASKS["image-to-text"], spec.captioner, **common)
         self.filter = load(TASKS["image-text-matching"], spec.filter, **common)
 

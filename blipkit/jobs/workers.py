@@ -113,7 +113,10 @@ class Prepared:
 class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
-        self.loaded = load(spec.runs, spec.model, dtype=spec.dtype, device=spec.device, quantize=spec.quantize)
+        # A job runs many batches: decode steps that read packed bf16 weights pay back packing them at load.
+        self.loaded = load(
+            spec.runs, spec.model, dtype=spec.dtype, device=spec.device, quantize=spec.quantize, pack_weights=True
+        )
         self.model = self.loaded.model
 
     def prepare(self, items: list[Item]) -> Prepared:

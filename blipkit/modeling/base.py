@@ -160,6 +160,7 @@ class PreTrainedModel(nn.Module):
         local_files_only: bool = False,
         token: str | bool | None = None,
         quantize: str | None = None,
+        pack_weights: bool = False,
         load_in_8bit: bool = False,
         load_in_4bit: bool = False,
         **model_kwargs: Any,
@@ -172,6 +173,8 @@ class PreTrainedModel(nn.Module):
         missing, unexpected or mis-shaped keys raises ``CheckpointError`` unless ``strict=False``, which
         initialises missing weights as the reference would and ignores the rest. ``quantize="int8"`` stores the
         linear layers' weights as int8 (see ``blipkit.modeling.quantize``), quantised as each is read.
+        ``pack_weights=True`` keeps a bf16 decoder's linear weights in oneDNN's packed form where bf16 is native
+        (faster decode steps, slower load; BLIPKIT_PACKED_WEIGHTS=1 or 0 overrides it: see ``linear.packs_weights``).
 
         The reference's names work too: ``torch_dtype`` for ``dtype``; ``device_map`` ("auto", a device or
         ``{"": device}``, see ``blipkit.devices.device_from_map``) for ``device``, which an int N reads as cuda:N;
@@ -193,7 +196,7 @@ class PreTrainedModel(nn.Module):
         # The decoder's linear weights are packed as they are read, straight from the mapped files.
         # A quantised or packed model must not keep the files mapped through its other tensors: the pages of the
         # weights it has read would stay resident beside their int8 or packed copies.
-        packs = model.decoder_part is not None and packs_weights(dtype, device) and quantize is None
+        packs = model.decoder_part is not None and quantize is None and packs_weights(dtype, device, pack_weights)
         packing = packable_weights(model, model.decoder_part) if packs else set()
         copy = quantize is not None or bool(packing)
         missing, unexpected, mis_shaped = model._load_tensors(files.weights(), dtype, device, copy, packing)

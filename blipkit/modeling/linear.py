@@ -19,9 +19,12 @@ Where bf16 is native, two more, measured on a 2-core Intel Xeon with avx512_bf16
   native bf16 the row count from which float32 wins is measured once per process (``upcast_min_rows``: a short
   calibration, ~0.1 s, at the first bf16 product), not assumed.
 - A one-row bf16 product reads the weight at ~12 GB/s through ``F.linear`` but at ~17 GB/s from oneDNN's own blocked
-  copy of it (streaming 2 GB of weights; 22 against 49 GB/s when they fit in cache), with the same bits out. So the
-  decoders of bf16 models keep their linear weights packed (``pack_linears``; ``Form("packed")``): BLIP-2
-  OPT-2.7b's decode steps took 0.34 s instead of 0.46.
+  copy of it (streaming 2 GB of weights; 22 against 49 GB/s when they fit in cache), with the same bits out. So a
+  bf16 decoder's linear weights can be kept packed (``pack_linears``; ``Form("packed")``): BLIP-2 OPT-2.7b's decode
+  steps took 0.32 s instead of 0.46. Packing writes 5.3 GB of fresh memory at load, which took 4-7 s there with
+  the memory warm and 17-21 s in a fresh process of that virtual machine (against 2 s to map the files), so the
+  library packs when asked (``from_pretrained(pack_weights=True)``, BLIPKIT_PACKED_WEIGHTS=1) and the long-running
+  commands (``serve``, batch jobs) ask.
 """
 
 from __future__ import annotations
@@ -337,13 +340,16 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias, out=out)
 
 
-def packs_weights(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether ``from_pretrained`` packs a decoder's weights for a model of this dtype on this device (see the module
-    docstring); BLIPKIT_PACKED_WEIGHTS=0 turns it off."""
+def packs_weights(dtype: torch.dtype, device: torch.device, default: bool = False) -> bool:
+    """Whether ``from_pretrained`` packs a decoder's weights for a model of this dtype on this device: where bf16 is
+    native, when BLIPKIT_PACKED_WEIGHTS says so ("1" or "0"), else as ``default`` (the caller's: on for the
+    long-running commands, off for the library, since packing costs time at load; see the module docstring)."""
     native = has_native_bf16(CPU_CLASS) and torch.backends.mkldnn.is_available()
-    if os.environ.get(PACKED_WEIGHTS_VARIABLE, "1") == "0":
-        return False
-    return dtype == torch.bfloat16 and torch.device(device).type == "cpu" and native
+    setting = os.environ.get(PACKED_WEIGHTS_VARIABLE, "").strip()
+    if setting not in ("", "0", "1"):
+        raise ValueError(f"{PACKED_WEIGHTS_VARIABLE}={setting!r}: give 1 (pack) or 0 (do not)")
+    wanted = default if not setting else setting == "1"
+    return wanted and dtype == torch.bfloat16 and torch.device(device).type == "cpu" and native
 
 
 def packable_weights(model: nn.Module, part: str = "") -> set[str]:

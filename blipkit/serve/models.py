@@ -90,7 +90,8 @@ def load_model(source: str | os.PathLike, **load_kwargs: Any) -> ServedModel:
         options = task.load_options.get(model_type, {})
         same = next((t for t in loaded.values() if t.task.load_options.get(model_type, {}) == options), None)
         if same is None:
-            loaded[task.name] = load(task, files, **load_kwargs)
+            # A server decodes for as long as it runs: packed bf16 weights (``linear.packs_weights``) pay back.
+            loaded[task.name] = load(task, files, **{"pack_weights": True, **load_kwargs})
         else:  # the same class with the same options: share its weights; only how prompts are put differs
             template = task.prompt_templates.get(model_type, "{}")
             loaded[task.name] = LoadedTask(task, same.model, same.processor, template)

@@ -3,6 +3,8 @@ ones, saved dense, unpacked for training; the image encoder's stay dense."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -26,7 +28,7 @@ def caption_dir(tmp_path_factory):
 
 
 def load(directory, packed: bool):
-    model = blipkit.BlipForConditionalGeneration.from_pretrained(directory, dtype=torch.bfloat16)
+    model = blipkit.BlipForConditionalGeneration.from_pretrained(directory, dtype=torch.bfloat16, pack_weights=True)
     if not packed:
         unpack_linears(model)
     return model
@@ -36,8 +38,10 @@ def packed_count(model) -> int:
     return sum(1 for p in model.parameters() if p.is_mkldnn)
 
 
-def test_bf16_decoders_load_packed_unless_turned_off_and_float32_ones_dense(caption_dir, monkeypatch):
-    assert packs_weights(torch.bfloat16, torch.device("cpu")) and not packs_weights(torch.float32, torch.device("cpu"))
+def test_bf16_decoders_load_packed_when_asked_and_float32_ones_dense(caption_dir, monkeypatch):
+    monkeypatch.delenv(PACKED_WEIGHTS_VARIABLE, raising=False)
+    assert packs_weights(torch.bfloat16, torch.device("cpu"), default=True)
+    assert not packs_weights(torch.float32, torch.device("cpu"), default=True)
     model = load(caption_dir, packed=True)
     packed_names = {name for name, p in model.named_parameters() if p.is_mkldnn}
     decoder_linears = {
@@ -45,9 +49,35 @@ def test_bf16_decoders_load_packed_unless_turned_off_and_float32_ones_dense(capt
         and type(module) is Linear and module.weight is not model.text_decoder.bert.embeddings.word_embeddings.weight
     }  # fmt: skip
     assert packed_names == decoder_linears and len(packed_names) > 0  # the image encoder's products have many rows
-    assert packed_count(blipkit.BlipForConditionalGeneration.from_pretrained(caption_dir)) == 0
-    monkeypatch.setenv(PACKED_WEIGHTS_VARIABLE, "0")
+    caption = blipkit.BlipForConditionalGeneration
+    assert packed_count(caption.from_pretrained(caption_dir, pack_weights=True)) == 0  # float32
+    assert packed_count(caption.from_pretrained(caption_dir, dtype=torch.bfloat16)) == 0  # the library's default
+    monkeypatch.setenv(PACKED_WEIGHTS_VARIABLE, "0")  # the environment overrides the caller
     assert packed_count(load(caption_dir, packed=True)) == 0
+    monkeypatch.setenv(PACKED_WEIGHTS_VARIABLE, "1")
+    assert packed_count(caption.from_pretrained(caption_dir, dtype=torch.bfloat16)) == len(packed_names)
+    monkeypatch.setenv(PACKED_WEIGHTS_VARIABLE, "yes")
+    with pytest.raises(ValueError, match=r"BLIPKIT_PACKED_WEIGHTS='yes': give 1 \(pack\) or 0 \(do not\)"):
+        load(caption_dir, packed=True)
+
+
+def test_serve_and_jobs_ask_for_packed_weights(caption_dir, monkeypatch):
+    from blipkit.jobs.workers import Worker
+    from blipkit.serve.models import load_model
+
+    monkeypatch.delenv(PACKED_WEIGHTS_VARIABLE, raising=False)
+    served = load_model(caption_dir, dtype=torch.bfloat16)
+    assert packed_count(next(iter(served.tasks.values())).model) > 0
+    calls = []
+
+    def loading(*args, **kwargs):
+        calls.append(kwargs)
+        raise InterruptedError  # what the worker does with the model is not this test's business
+
+    monkeypatch.setattr("blipkit.jobs.workers.load", loading)
+    with pytest.raises(InterruptedError):
+        Worker(types.SimpleNamespace(runs=None, model=None, dtype=None, device=None, quantize=None))
+    assert calls == [{"dtype": None, "device": None, "quantize": None, "pack_weights": True}]
 
 
 @pytest.mark.parametrize("settings", [{}, {"num_beams": 3}], ids=["greedy", "beams"])
