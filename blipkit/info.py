@@ -86,6 +86,7 @@ def speed_choices() -> dict[str, str]:
         f"{torch.backends.cpu.get_cpu_capability()}",
     }
     choices["bf16 products computed in float32"] = _upcast_rule(bf16)
+    choices["int8 products in a bf16 model computed in float32"] = _upcast_rule(bf16, torch.int8)
     for name, dtype in (("bf16", torch.bfloat16), ("float32", torch.float32)):
         for rows in (1, linear.UPCAST_MIN_ROWS, many):
             choices[f"{name} products, {rows} row{'s' if rows > 1 else ''}"] = _product_form(dtype, dtype, rows)
@@ -106,11 +107,11 @@ def speed_choices() -> dict[str, str]:
     return choices
 
 
-def _upcast_rule(bf16) -> str:
-    """From how many rows bf16 products run in float32 here, and how that was decided."""
+def _upcast_rule(bf16, weight_dtype=None) -> str:
+    """From how many rows bf16 products (with ``weight_dtype`` weights) run in float32 here, and how it was decided."""
     from blipkit.modeling import cpu, linear
 
-    rows = linear.upcast_min_rows(bf16)
+    rows = linear.upcast_min_rows(bf16, weight_dtype)
     if linear.computes_low_precision_slowly(bf16):
         how = "no native bf16"
     elif os.environ.get(linear.UPCAST_ROWS_VARIABLE, "").strip():

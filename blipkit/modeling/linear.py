@@ -17,7 +17,9 @@ Where bf16 is native, two more, measured on a 2-core Intel Xeon with avx512_bf16
 - Native is not always faster: there, a many-row bf16 product ran at 135-150 GFLOP/s and the same product in
   float32 at 210-265 (on an AMD EPYC of the same class, bf16 ran at about twice float32's rate). So on CPUs with
   native bf16 the row count from which float32 wins is measured once per process (``upcast_min_rows``: a short
-  calibration, ~0.1 s, at the first bf16 product), not assumed.
+  calibration, ~0.1 s, at the first bf16 product), not assumed. Likewise for int8 weights, whose slices are
+  converted either way: there a 42-row product against a 10240 x 2560 int8 weight took 17.0 ms from float32 slices,
+  21.9 from bf16 ones and 20.6 in the int8 kernel.
 - A one-row bf16 product reads the weight at ~12 GB/s through ``F.linear`` but at ~17 GB/s from oneDNN's own blocked
   copy of it (streaming 2 GB of weights; 22 against 49 GB/s when they fit in cache), with the same bits out. So a
   bf16 decoder's linear weights can be kept packed (``pack_linears``; ``Form("packed")``): BLIP-2 OPT-2.7b's decode
@@ -57,7 +59,7 @@ CALIBRATION_ROWS = (16, 32, 64, 128, 256, 512)
 # Float32 must be this much faster at a row count to be chosen, so that timing noise does not flip the choice.
 CALIBRATION_MARGIN = 0.9
 _SLOW_LOW_PRECISION = not has_native_bf16(CPU_CLASS)
-_calibrated: dict[torch.dtype, int | None] = {}
+_calibrated: dict[tuple[torch.dtype, torch.dtype], int | None] = {}  # (input, weight) dtypes
 _scratch = threading.local()
 
 
@@ -66,37 +68,47 @@ def computes_low_precision_slowly(t: torch.Tensor) -> bool:
     return t.dtype in (torch.bfloat16, torch.float16) and t.device.type == "cpu" and _SLOW_LOW_PRECISION
 
 
-def upcast_min_rows(t: torch.Tensor) -> int | None:
-    """The fewest rows from which products with ``t``'s dtype (as weight or input) are computed in float32 on this
-    machine; None: never. Without native bf16, UPCAST_MIN_ROWS; with it, measured at the first call for the dtype
-    (``calibrate_upcast``) unless BLIPKIT_UPCAST_MIN_ROWS gives it ("never" or a row count). A forced CPU class
-    (``cpu.cpu_class``) is not measured: its products stay native, as the class's are meant to."""
+def upcast_min_rows(t: torch.Tensor, weight_dtype: torch.dtype | None = None) -> int | None:
+    """The fewest rows from which products of ``t``'s dtype (as weight, or as input to ``weight_dtype`` weights:
+    int8) are computed in float32 on this machine; None: never. Without native bf16, UPCAST_MIN_ROWS; with it,
+    measured at the first call for the dtypes (``calibrate_upcast``) unless BLIPKIT_UPCAST_MIN_ROWS gives it ("never"
+    or a row count). A forced CPU class (``cpu.cpu_class``) is not measured: its products stay native, as the
+    class's are meant to."""
     if t.dtype not in (torch.bfloat16, torch.float16) or t.device.type != "cpu":
         return None
     if _SLOW_LOW_PRECISION:
         return UPCAST_MIN_ROWS
-    if t.dtype not in _calibrated:
+    key = (t.dtype, weight_dtype or t.dtype)
+    if key not in _calibrated:
         forced = os.environ.get(UPCAST_ROWS_VARIABLE, "").strip()
         if forced:
-            _calibrated[t.dtype] = _forced_rows(forced)
+            _calibrated[key] = _forced_rows(forced)
         else:
-            _calibrated[t.dtype] = None if is_forced() else calibrate_upcast(t.dtype)
-    return _calibrated[t.dtype]
+            _calibrated[key] = None if is_forced() else calibrate_upcast(*key)
+    return _calibrated[key]
 
 
-def calibrate_upcast(dtype: torch.dtype, features: int = 1024) -> int | None:
-    """Time a ``features``-square product in ``dtype`` natively and in float32 (from float32 slices of the weight,
-    as ``linear`` makes them) at each of CALIBRATION_ROWS; return the fewest rows from which float32 won (by
+def calibrate_upcast(dtype: torch.dtype, weight_dtype: torch.dtype | None = None, features: int = 1024) -> int | None:
+    """Time a ``features``-square product of ``dtype`` inputs and ``weight_dtype`` weights (default: ``dtype``) in
+    ``dtype`` and in float32, as ``linear`` computes each (``dtype`` weights natively; int8 ones from slices
+    converted to either), at each of CALIBRATION_ROWS; return the fewest rows from which float32 won (by
     CALIBRATION_MARGIN) at every count timed, or None. Both costs grow with the weight's size alike, so one size
     stands for all."""
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(features, features, generator=generator).to(dtype)
+    if weight_dtype == torch.int8:
+        weight = torch.randint(-127, 128, (features, features), generator=generator, dtype=torch.int8)
+        scale = torch.rand(features, generator=generator)
+    else:
+        weight, scale = torch.randn(features, features, generator=generator).to(dtype), None
     wins = []
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
         for rows in CALIBRATION_ROWS:
             x = torch.randn(rows, features, generator=generator).to(dtype)
-            native = _best_time(lambda x=x: F.linear(x, weight))
-            upcast = _best_time(lambda x=x: _sliced(x, weight, None, None, None, torch.float32))
+            if scale is None:
+                native = _best_time(lambda x=x: F.linear(x, weight))
+            else:
+                native = _best_time(lambda x=x: _sliced(x, weight, None, scale, None, dtype))
+            upcast = _best_time(lambda x=x: _sliced(x, weight, None, scale, None, torch.float32))
             wins.append(upcast < CALIBRATION_MARGIN * native)
     threshold = None
     for rows, won in reversed(list(zip(CALIBRATION_ROWS, wins, strict=True))):
@@ -124,9 +136,9 @@ def _forced_rows(value: str) -> int | None:
     raise ValueError(f"{UPCAST_ROWS_VARIABLE}={value!r}: give a positive row count or 'never'")
 
 
-def upcasts(t: torch.Tensor, rows: int) -> bool:
+def upcasts(t: torch.Tensor, rows: int, weight_dtype: torch.dtype | None = None) -> bool:
     """Whether a product of ``rows`` rows with ``t``'s dtype is computed in float32 here (``upcast_min_rows``)."""
-    threshold = upcast_min_rows(t)
+    threshold = upcast_min_rows(t, weight_dtype)
     return threshold is not None and rows >= threshold
 
 
@@ -149,8 +161,8 @@ def choose_form(
     """The fastest form of ``x @ weight.T`` for this many rows, these dtypes, this device and CPU class (the
     measurements behind each threshold: the module docstring)."""
     rows = _rows(x)
-    # int8 weights compute in float32 for float32 inputs, else as the inputs' dtype would
-    upcast = upcasts(weight, rows) if scale is None else x.dtype == torch.float32 or upcasts(x, rows)
+    # int8 weights compute in float32 for float32 inputs, else from the row count measured for int8 weights
+    upcast = upcasts(weight, rows) if scale is None else x.dtype == torch.float32 or upcasts(x, rows, weight.dtype)
     if weight.is_mkldnn:
         return Form("packed", torch.float32 if upcast else None)
     tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))

@@ -25,8 +25,9 @@ def matmul_path(request, monkeypatch):
     native = request.param.startswith("native")
     monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", not native)
     monkeypatch.setattr(linear, "UPCAST_MIN_ROWS", 1)
-    calibrated = 1 if request.param == "native-upcast" else None
-    monkeypatch.setattr(linear, "_calibrated", {torch.bfloat16: calibrated, torch.float16: calibrated})
+    if native:
+        calibrated = 1 if request.param == "native-upcast" else None
+        monkeypatch.setattr(linear, "upcast_min_rows", lambda t, weight_dtype=None: calibrated)
     if request.param == "upcast-untransposed":  # every product in the many-rows form
         monkeypatch.setattr(linear, "TRANSPOSED_MAX_ROWS", 1)
     monkeypatch.setattr(linear, "UPCAST_BUFFER_ELEMENTS", 300)  # several slices per weight

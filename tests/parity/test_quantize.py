@@ -41,7 +41,8 @@ def test_quantize_rows_rejects_what_it_cannot_quantise():
 def test_int8_linear_in_every_form_is_the_dequantised_product(monkeypatch, rows, dtype, native_bf16):
     # 1 and 3 rows: the int8 kernel; 8 and 40: slices in float32, or in bf16 where the CPU computes bf16 natively
     monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", not native_bf16)
-    monkeypatch.setattr(linear, "_calibrated", {torch.bfloat16: None})  # native bf16 products, whatever this CPU has
+    if native_bf16:  # bf16 slices, whatever this CPU measures
+        monkeypatch.setattr(linear, "upcast_min_rows", lambda t, weight_dtype=None: None)
     monkeypatch.setattr(linear, "INT8_KERNEL_MAX_ROWS", 3)
     monkeypatch.setattr(linear, "TRANSPOSED_MAX_ROWS", 10)
     monkeypatch.setattr(linear, "UPCAST_BUFFER_ELEMENTS", 100)

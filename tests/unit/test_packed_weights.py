@@ -112,7 +112,7 @@ def test_training_unpacks_and_packing_skips_shared_weights(caption_dir):
 
 def test_many_row_products_with_packed_weights_take_the_calibrated_float32_form(monkeypatch):
     """Where float32 products measured faster from some row count, a packed weight gives a dense one's float32 bits."""
-    monkeypatch.setattr(linear, "_calibrated", {torch.bfloat16: 16})
+    monkeypatch.setattr(linear, "upcast_min_rows", lambda t, weight_dtype=None: 16)
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(96, 64, generator=generator).bfloat16()
     bias = torch.randn(96, generator=generator).bfloat16()
