@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_blip2.py               # blipkit and the reference, one fresh process each
     .venv/bin/python bench/bench_blip2.py --only blipkit blipkit-int8
+    .venv/bin/python bench/bench_blip2.py --alternate blipkit --rounds 3   # warm, both in one process
 
 A random checkpoint with blip2-opt-2.7b's shapes (7.75 GB in bfloat16, sharded as the Hub's are) is built once in
 bench/.cache. Each implementation then runs in its own fresh Python process - so its peak RSS is its own - which
@@ -104,14 +105,56 @@ def run(implementation: str, path: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def alternate(implementation: str, path: Path, rounds: int) -> None:
+    """Warm captions of the reference and one blipkit implementation, loaded in this process, in alternating
+    rounds: the machine's drift between fresh processes (20% on a shared VM) then hits both alike."""
+    import time
+
+    import torch
+    import transformers
+
+    import blipkit
+
+    options = {"quantize": "int8"} if implementation == "blipkit-int8" else {}
+    options |= {"pack_weights": implementation != "blipkit-dense"}
+    models = {
+        "reference": transformers.Blip2ForConditionalGeneration.from_pretrained(path, dtype=torch.bfloat16).eval(),
+        implementation: blipkit.Blip2ForConditionalGeneration.from_pretrained(path, dtype=torch.bfloat16, **options),
+    }
+    pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    ids = torch.tensor([[IMAGE_TOKEN] * 32 + [2, 24361, 35, 99, 16, 11, 42, 116, 31652, 35]])
+    times: dict[str, list[float]] = {name: [] for name in models}
+    outputs = {}
+    for _ in range(rounds + 1):  # the first round warms both up
+        for name, model in models.items():
+            start = time.perf_counter()
+            with torch.inference_mode():
+                outputs[name] = model.generate(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids),
+                                               max_new_tokens=20, min_new_tokens=20, do_sample=False)  # fmt: skip
+            times[name].append(time.perf_counter() - start)
+    print("| implementation | warm captions s | best s | vs reference |")
+    print("| --- | --- | --- | --- |")
+    for name, measured in times.items():
+        ratio = min(times["reference"][1:]) / min(measured[1:])
+        rounded = ", ".join(f"{t:.1f}" for t in measured[1:])
+        print(f"| {name} | {rounded} | {min(measured[1:]):.1f} | x{ratio:.2f} |")
+    same = torch.equal(outputs["reference"], outputs[implementation])
+    print(f"same ids: {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS)
+    parser.add_argument("--alternate", choices=IMPLEMENTATIONS[1:], help="warm, in one process, against the reference")
+    parser.add_argument("--rounds", type=int, default=3, help="with --alternate")
     args = parser.parse_args()
     path = build_checkpoint()
     from bench_blip import print_machine
 
     print_machine()
+    if args.alternate:
+        alternate(args.alternate, path, args.rounds)
+        return
     print(
         "| implementation | load s | first caption s | caption s | vs reference | warm caption s | vs reference "
         "| peak RSS GB | weights GB | peak / weights |"
