@@ -140,11 +140,15 @@ class Workspace:
     def current(cls) -> Workspace | None:
         return cls._current.get()
 
-    def buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """The buffer called ``name``, of this shape and ``like``'s dtype and device (made anew if they changed)."""
+    def buffer(
+        self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """The buffer called ``name``, of this shape, ``like``'s device and ``dtype`` (default ``like``'s), made
+        anew if they changed."""
+        dtype = dtype or like.dtype
         found = self._buffers.get(name)
-        if found is None or found.shape != shape or found.dtype != like.dtype or found.device != like.device:
-            found = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        if found is None or found.shape != shape or found.dtype != dtype or found.device != like.device:
+            found = self._buffers[name] = torch.empty(shape, dtype=dtype, device=like.device)
         return found
 
 
@@ -165,8 +169,7 @@ def _product_buffer(module: nn.Module, name: str, x: torch.Tensor, features: int
     if builds_graph(module, x) or x.dtype == torch.float32 or not upcasts(x, x.numel() // max(1, x.shape[-1])):
         return _reused_buffer(name, shape, x)
     workspace = Workspace.current()
-    float32 = torch.empty((), device=x.device)
-    return workspace.buffer(name, shape, float32) if workspace else torch.empty(shape, device=x.device)
+    return workspace.buffer(name, shape, x, torch.float32) if workspace else torch.empty(shape, device=x.device)
 
 
 def builds_graph(module: nn.Module, x: torch.Tensor) -> bool:
