@@ -65,18 +65,17 @@ _DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "I64": "int64
 
 
 def speed_choices() -> dict[str, str]:
-    """The form each kind of product and attention takes here, as decided from this CPU's class: asked of the same
-    functions the layers call (``linear.choose_form``, ``layers.eager_attention_is_faster``), so what this prints
-    is what runs."""
+    """The form each kind of product and attention takes here, as decided from this CPU's class and the measurements
+    that refine it: asked of the same functions the layers call (``linear.choose_form``,
+    ``layers.eager_attention_is_faster``), so what this prints is what runs."""
     import torch
 
-    from blipkit.modeling import cpu, layers, linear
+    from blipkit.modeling import cpu, linear
 
     detected = cpu.detect()
     forced = detected != linear.CPU_CLASS
     bf16 = torch.empty(1, 1, 1, 1, dtype=torch.bfloat16)
     slow = linear.computes_low_precision_slowly(bf16)
-    eager = layers.eager_attention_is_faster(bf16.expand(1, 1, layers.EAGER_MAX_QUERIES, 1))
     many = linear.TRANSPOSED_MAX_ROWS + 1
     choices = {
         "cpu class": f"{linear.CPU_CLASS} (forced by {cpu.ENVIRONMENT_VARIABLE}; detected {detected})"
@@ -92,7 +91,7 @@ def speed_choices() -> dict[str, str]:
             choices[f"{name} products, {rows} row{'s' if rows > 1 else ''}"] = _product_form(dtype, dtype, rows)
     for rows in (linear.INT8_KERNEL_MAX_ROWS, many):
         choices[f"int8 products in a bf16 model, {rows} rows"] = _product_form(torch.bfloat16, torch.int8, rows)
-    choices[f"bf16 attention, up to {layers.EAGER_MAX_QUERIES} queries"] = "matmul-softmax-matmul" if eager else "SDPA"
+    choices["bf16 attention, few queries"] = _eager_rule(bf16)
     choices["other attention"] = "SDPA"
     choices["image keys/values a bf16 decoder reads"] = "float32" if slow else "bf16"
     choices["bf16 patch convolution"] = "float32" if slow else "bf16"
@@ -107,19 +106,38 @@ def speed_choices() -> dict[str, str]:
     return choices
 
 
-def _upcast_rule(bf16, weight_dtype=None) -> str:
-    """From how many rows bf16 products (with ``weight_dtype`` weights) run in float32 here, and how it was decided."""
+def _eager_rule(bf16) -> str:
+    """Up to how many queries bf16 attention is matmul-softmax-matmul here, and how that was decided."""
+    from blipkit.modeling import layers
+
+    queries = 0
+    for count in range(1, layers.EAGER_MAX_QUERIES + 1):  # asked of the function attend asks
+        if not layers.eager_attention_is_faster(bf16.expand(1, 1, count, 1)):
+            break
+        queries = count
+    how = _how_decided(bf16, None)
+    return f"matmul-softmax-matmul up to {queries} queries ({how})" if queries else f"SDPA ({how})"
+
+
+def _how_decided(bf16, variable: str | None) -> str:
+    """How a choice that refines the CPU class was made: by the class, an environment variable, or measuring."""
     from blipkit.modeling import cpu, linear
 
-    rows = linear.upcast_min_rows(bf16, weight_dtype)
     if linear.computes_low_precision_slowly(bf16):
-        how = "no native bf16"
-    elif os.environ.get(linear.UPCAST_ROWS_VARIABLE, "").strip():
-        how = f"set by {linear.UPCAST_ROWS_VARIABLE}"
-    elif cpu.is_forced():
-        how = "not measured: the CPU class is forced"
-    else:
-        how = "measured in this process"
+        return "no native bf16"
+    if variable and os.environ.get(variable, "").strip():
+        return f"set by {variable}"
+    if cpu.is_forced():
+        return "not measured: the CPU class is forced"
+    return "measured in this process"
+
+
+def _upcast_rule(bf16, weight_dtype=None) -> str:
+    """From how many rows bf16 products (with ``weight_dtype`` weights) run in float32 here, and how it was decided."""
+    from blipkit.modeling import linear
+
+    rows = linear.upcast_min_rows(bf16, weight_dtype)
+    how = _how_decided(bf16, linear.UPCAST_ROWS_VARIABLE)
     return f"never ({how})" if rows is None else f"from {rows} rows ({how})"
 
 

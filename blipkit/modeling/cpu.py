@@ -15,6 +15,8 @@ measuring this machine (``linear.upcast_min_rows``) is then not measured.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -48,3 +50,15 @@ def is_forced() -> bool:
 
 def has_native_bf16(cpu: str) -> bool:
     return cpu != "avx2"
+
+
+def best_time(run: Callable[[], object], repeats: int = 3) -> float:
+    """The fastest of ``repeats`` timed calls of ``run``, after one untimed call (a kernel's first call may build it):
+    what the measurements that refine a class's choices compare."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)

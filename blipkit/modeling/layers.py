@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from blipkit.generation.cache import KVCache
-from blipkit.modeling.linear import Linear, computes_low_precision_slowly, upcasts
+from blipkit.modeling.cpu import best_time, is_forced
+from blipkit.modeling.linear import CALIBRATION_MARGIN, Linear, computes_low_precision_slowly, upcasts
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -286,9 +287,42 @@ class Attention(nn.Module):
         return self.o(heads_last.flatten(2).to(x.dtype))
 
 
-# Up to this many query tokens per key/value row (decode steps, beams folded in), attention in bf16/fp16 on CPUs with
-# native bf16 is faster as matmul-softmax-matmul than through SDPA's CPU kernel (see the README's Performance).
+# The most query tokens per key/value row (decode steps, beams folded in) for which attention in bf16/fp16 on CPUs
+# with native bf16 may take matmul-softmax-matmul instead of SDPA's CPU kernel. Which is faster is measured
+# (``eager_max_queries``): on an AMD EPYC, one query against 577 image keys took 1.7 ms eagerly and 6.9 ms in SDPA;
+# on an Intel Xeon of the same class, 1.0 and 0.42 ms.
 EAGER_MAX_QUERIES = 16
+# The query counts that measurement times, on a decode step's cross-attention over a 384 px image's 577 tokens.
+EAGER_CALIBRATION_QUERIES = (1, 4, EAGER_MAX_QUERIES)
+CALIBRATION_SHAPE = {"rows": 8, "heads": 8, "keys": 577, "head_dim": 96}
+_eager_max_queries: dict[torch.dtype, int] = {}
+
+
+def eager_max_queries(dtype: torch.dtype) -> int:
+    """Up to how many queries per key/value row attention in ``dtype`` (bf16/fp16, on a CPU with native bf16) takes
+    ``_eager_attention``: measured once per process (``calibrate_eager_attention``); 0 where SDPA won even at one
+    query. A forced CPU class (``cpu.cpu_class``) is not measured: EAGER_MAX_QUERIES."""
+    if dtype not in _eager_max_queries:
+        _eager_max_queries[dtype] = EAGER_MAX_QUERIES if is_forced() else calibrate_eager_attention(dtype)
+    return _eager_max_queries[dtype]
+
+
+def calibrate_eager_attention(dtype: torch.dtype) -> int:
+    """The most of EAGER_CALIBRATION_QUERIES up to which eager attention beat SDPA (by the products' calibration
+    margin) at every count timed, or 0."""
+    rows, heads, keys, head_dim = CALIBRATION_SHAPE.values()
+    generator = torch.Generator().manual_seed(0)
+    k, v = (torch.randn(rows, heads, keys, head_dim, generator=generator).to(dtype) for _ in range(2))
+    most = 0
+    with torch.no_grad():
+        for queries in EAGER_CALIBRATION_QUERIES:
+            q = torch.randn(rows, heads, queries, head_dim, generator=generator).to(dtype)
+            eager = best_time(lambda q=q: _eager_attention(q, k, v, None, False, None))
+            sdpa = best_time(lambda q=q: F.scaled_dot_product_attention(q, k, v))
+            if eager >= CALIBRATION_MARGIN * sdpa:
+                break
+            most = queries
+    return most
 
 
 def attend(
@@ -337,7 +371,7 @@ def _differentiated_with_additive_mask(
 def eager_attention_is_faster(q: torch.Tensor) -> bool:
     """Whether attention for these (rows, heads, queries, head_dim) queries takes ``_eager_attention``."""
     low_precision = q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu"
-    return low_precision and not computes_low_precision_slowly(q) and q.shape[2] <= EAGER_MAX_QUERIES
+    return low_precision and not computes_low_precision_slowly(q) and q.shape[2] <= eager_max_queries(q.dtype)
 
 
 def _eager_attention(

@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blipkit.modeling.cpu import cpu_class, has_native_bf16, is_forced
+from blipkit.modeling.cpu import best_time, cpu_class, has_native_bf16, is_forced
 
 UPCAST_MIN_ROWS = 8
 TRANSPOSED_MAX_ROWS = 128
@@ -105,10 +104,10 @@ def calibrate_upcast(dtype: torch.dtype, weight_dtype: torch.dtype | None = None
         for rows in CALIBRATION_ROWS:
             x = torch.randn(rows, features, generator=generator).to(dtype)
             if scale is None:
-                native = _best_time(lambda x=x: F.linear(x, weight))
+                native = best_time(lambda x=x: F.linear(x, weight))
             else:
-                native = _best_time(lambda x=x: _sliced(x, weight, None, scale, None, dtype))
-            upcast = _best_time(lambda x=x: _sliced(x, weight, None, scale, None, torch.float32))
+                native = best_time(lambda x=x: _sliced(x, weight, None, scale, None, dtype))
+            upcast = best_time(lambda x=x: _sliced(x, weight, None, scale, None, torch.float32))
             wins.append(upcast < CALIBRATION_MARGIN * native)
     threshold = None
     for rows, won in reversed(list(zip(CALIBRATION_ROWS, wins, strict=True))):
@@ -116,16 +115,6 @@ def calibrate_upcast(dtype: torch.dtype, weight_dtype: torch.dtype | None = None
             break
         threshold = rows
     return threshold
-
-
-def _best_time(product, repeats: int = 3) -> float:
-    product()  # the first call of a kernel may build it
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def _forced_rows(value: str) -> int | None:

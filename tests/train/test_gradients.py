@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import blipkit
-from blipkit.modeling import linear
+from blipkit.modeling import layers, linear
 from blipkit.modeling.layers import Attention
 from tests.builders.configs import SAME_WIDTH
 from tests.builders.inputs import blip2_inputs, prompt_inputs, sample_inputs
@@ -130,6 +130,9 @@ def test_bfloat16_backward(tmp_path, monkeypatch, slow_bf16):
     """Both CPU paths train in bfloat16 (the native one attends eagerly for few queries, in place where no gradient
     needs the softmax): gradients within bfloat16's noise of float32's."""
     monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", slow_bf16)
+    monkeypatch.setattr(
+        layers, "eager_max_queries", lambda dtype: layers.EAGER_MAX_QUERIES
+    )  # whatever this CPU measures
     reference_blip2(tmp_path)
     inputs, gradients = prompt_inputs(), []
     for dtype in (torch.float32, torch.bfloat16):

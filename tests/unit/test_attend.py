@@ -38,6 +38,7 @@ PADDING = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1]])
 @pytest.mark.parametrize("groups", [1, 3])
 def test_eager_attention_equals_sdpa(monkeypatch, dtype, mask_kind, groups):
     monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", False)
+    monkeypatch.setattr(layers, "eager_max_queries", lambda dtype: layers.EAGER_MAX_QUERIES)  # as if measured faster
     q, k, v = sample(2 * groups, 1, 7, kv_rows=2, dtype=dtype)
     padding = PADDING.clone()
     if mask_kind == "fully-masked":
@@ -73,11 +74,44 @@ def test_eager_causal_attention_is_top_left_aligned_as_sdpa(monkeypatch):
 def test_many_queries_and_slow_bf16_cpus_keep_sdpa(monkeypatch):
     calls = []
     monkeypatch.setattr(layers, "_eager_attention", lambda *a: calls.append(1))
+    monkeypatch.setattr(layers, "eager_max_queries", lambda dtype: layers.EAGER_MAX_QUERIES)
     monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", False)
     attend(*sample(2, layers.EAGER_MAX_QUERIES + 1, 7, dtype=torch.bfloat16))
     monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", True)
     attend(*sample(2, 1, 7, dtype=torch.bfloat16))
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    "eager_wins_at, expected", [({1, 4, 16}, 16), ({1, 4}, 4), ({1, 16}, 1), ({4, 16}, 0), (set(), 0)]
+)
+def test_eager_attention_up_to_the_most_queries_where_it_kept_winning(monkeypatch, eager_wins_at, expected):
+    def best_time(run, repeats=3):
+        queries = run.__defaults__[0].shape[2]
+        eager = "_eager_attention" in run.__code__.co_names
+        return (0.5 if queries in eager_wins_at else 0.95) if eager else 1.0  # 0.95: within the margin
+
+    monkeypatch.setattr(layers, "best_time", best_time)
+    assert layers.calibrate_eager_attention(torch.bfloat16) == expected
+
+
+def test_eager_attention_is_measured_once_per_dtype_unless_the_class_is_forced(monkeypatch):
+    calls = []
+    monkeypatch.setattr(layers, "_eager_max_queries", {})
+    monkeypatch.setattr(layers, "calibrate_eager_attention", lambda dtype: calls.append(dtype) or 4)
+    monkeypatch.setattr(linear, "_SLOW_LOW_PRECISION", False)
+    monkeypatch.delenv("BLIPKIT_CPU_CLASS", raising=False)
+    assert [layers.eager_attention_is_faster(torch.empty(1, 1, n, 1).bfloat16()) for n in (4, 5, 4)] == [
+        True, False, True
+    ]  # fmt: skip
+    assert calls == [torch.bfloat16]
+    monkeypatch.setattr(layers, "_eager_max_queries", {})
+    monkeypatch.setenv("BLIPKIT_CPU_CLASS", "avx512_bf16")
+    assert layers.eager_max_queries(torch.bfloat16) == layers.EAGER_MAX_QUERIES and calls == [torch.bfloat16]
+
+
+def test_the_real_attention_measurement_answers_a_timed_count_or_zero():
+    assert layers.calibrate_eager_attention(torch.bfloat16) in (0, *layers.EAGER_CALIBRATION_QUERIES)
 
 
 def run_python(code: str, cpu_class: str) -> subprocess.CompletedProcess:
@@ -104,11 +138,12 @@ def test_an_unknown_cpu_class_is_refused():
         ("avx2", "", {"bf16 products computed in float32": "from 8 rows (no native bf16)",
                       "bf16 products, 8 rows": "W @ x.T in float32",
                       "bf16 products, 129 rows": "x @ W.T in float32, from weight slices",
-                      "bf16 attention, up to 16 queries": "SDPA",
+                      "bf16 attention, few queries": "SDPA (no native bf16)",
                       "int8 products in a bf16 model, 129 rows": "x @ W.T in float32, from weight slices"}),
         ("avx512_bf16", "", {"bf16 products computed in float32": "never (not measured: the CPU class is forced)",
                              "bf16 products, 8 rows": "x @ W.T", "bf16 products, 129 rows": "x @ W.T",
-                             "bf16 attention, up to 16 queries": "matmul-softmax-matmul",
+                             "bf16 attention, few queries":
+                                 "matmul-softmax-matmul up to 16 queries (not measured: the CPU class is forced)",
                              "int8 products in a bf16 model, 129 rows": "x @ W.T in bfloat16, from weight slices"}),
         ("amx", "64", {"bf16 products computed in float32": "from 64 rows (set by BLIPKIT_UPCAST_MIN_ROWS)",
                        "bf16 products, 8 rows": "x @ W.T",

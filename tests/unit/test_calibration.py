@@ -21,13 +21,13 @@ def native_cpu(monkeypatch):
 
 
 def fake_timings(monkeypatch, native: dict[int, float], upcast: dict[int, float]) -> None:
-    """``_best_time`` answers from the tables, by the product's row count and whether it is the float32 one."""
+    """``best_time`` answers from the tables, by the product's row count and whether it is the float32 one."""
 
     def best_time(product, repeats=3):
         x = product.__defaults__[0]
         return (upcast if "float32" in product.__code__.co_names else native)[x.shape[0]]
 
-    monkeypatch.setattr(linear, "_best_time", best_time)
+    monkeypatch.setattr(linear, "best_time", best_time)
 
 
 @pytest.mark.parametrize(
