@@ -73,13 +73,12 @@ def speed_choices() -> dict[str, str]:
     from blipkit.modeling import cpu, linear
 
     detected = cpu.detect()
-    forced = detected != linear.CPU_CLASS
     bf16 = torch.empty(1, 1, 1, 1, dtype=torch.bfloat16)
     slow = linear.computes_low_precision_slowly(bf16)
     many = linear.TRANSPOSED_MAX_ROWS + 1
     choices = {
         "cpu class": f"{linear.CPU_CLASS} (forced by {cpu.ENVIRONMENT_VARIABLE}; detected {detected})"
-        if forced
+        if cpu.is_forced()
         else f"{linear.CPU_CLASS} (detected)",
         "torch": f"{torch.__version__}, {torch.get_num_threads()} threads, kernels for "
         f"{torch.backends.cpu.get_cpu_capability()}",

@@ -282,9 +282,10 @@ def _packed(x, weight, bias, scale, out, compute) -> torch.Tensor:
     """oneDNN's product with a weight it packed (``pack_linears``): bf16 inputs only, and no autograd through it;
     anything else multiplies a dense copy, as does a product with ``compute`` float32 (rows enough for float32 to be
     faster here; the copy costs what one row of the product does)."""
-    if compute is not None and not (torch.is_grad_enabled() and x.requires_grad):
+    differentiated = torch.is_grad_enabled() and x.requires_grad
+    if compute is not None and not differentiated:
         return _sliced(x, weight.to_dense(), bias, scale, out, compute)
-    if x.dtype != torch.bfloat16 or (torch.is_grad_enabled() and x.requires_grad):
+    if x.dtype != torch.bfloat16 or differentiated:
         return _autocast_aware(F.linear(x, weight.to_dense(), bias), out, x)
     product = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return _written(product, out, product.shape, x.dtype)
