@@ -282,9 +282,14 @@ class Attention(nn.Module):
             mask = mask.to(q.dtype)
         dropout = self.dropout if self.training else 0.0
         heads_last = attend(q, k, v, mask, is_causal=is_causal, scale=self.scale, dropout=dropout).transpose(1, 2)
-        if heads_last.dtype != x.dtype and not heads_last.requires_grad:  # one pass that both merges and casts
-            heads_last = torch.empty(heads_last.shape, dtype=x.dtype, device=x.device).copy_(heads_last)
-        return self.o(heads_last.flatten(2).to(x.dtype))
+        if heads_last.dtype == x.dtype or heads_last.requires_grad:
+            return self.o(heads_last.flatten(2).to(x.dtype))
+        merged_shape = (*heads_last.shape[:2], -1)
+        if upcasts(self.o.weight, heads_last.shape[0] * heads_last.shape[1]):  # float32 heads go in as they are
+            result = torch.empty((*heads_last.shape[:2], self.o.out_features), dtype=x.dtype, device=x.device)
+            return self.o(heads_last.reshape(merged_shape), out=result)
+        merged = torch.empty(heads_last.shape, dtype=x.dtype, device=x.device).copy_(heads_last)  # merge and cast
+        return self.o(merged.view(merged_shape))
 
 
 # The most query tokens per key/value row (decode steps, beams folded in) for which attention in bf16/fp16 on CPUs

@@ -246,13 +246,19 @@ def _sliced(x, weight, bias, scale, out, compute) -> torch.Tensor:
     bf16; bf16 for int8 weights on CPUs fast at it - int8 values are exact in bf16): a slice of output features'
     weights at a time is copied to ``compute``, and multiplied with a chunk of rows at a time into a reused tile
     that is then written into ``out``. No copy of the whole output is made (for a ViT's MLP on 8 images, 56 MB a
-    layer); chunks of rows, unlike slices of output features, keep the products as fast as one whole product."""
+    layer); chunks of rows, unlike slices of output features, keep the products as fast as one whole product. An
+    ``out`` of the ``compute`` dtype takes each slice's product straight into its columns, without a tile."""
     out = out if out is not None else torch.empty(_shape(x, weight), dtype=x.dtype)
     rows, flat_out = x.reshape(_rows(x), -1).to(compute), out.view(_rows(x), -1)
     step = max(1, UPCAST_BUFFER_ELEMENTS // max(1, weight.shape[1]))
     for start in range(0, weight.shape[0], step):
         stop = min(start + step, weight.shape[0])
         weight_slice = _weight_copy(weight[start:stop], compute)
+        if flat_out.dtype == compute:
+            _into_columns(
+                rows, weight_slice, flat_out[:, start:stop], _part(bias, start, stop), _part(scale, start, stop)
+            )
+            continue
         chunk = max(1, UPCAST_BUFFER_ELEMENTS // (stop - start))
         for first in range(0, rows.shape[0], chunk):
             last = min(first + chunk, rows.shape[0])
@@ -264,6 +270,26 @@ def _sliced(x, weight, bias, scale, out, compute) -> torch.Tensor:
                 tile.add_(bias[start:stop])
             flat_out[first:last, start:stop] = tile
     return out
+
+
+def _into_columns(
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    columns: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor | None,
+) -> None:
+    """``columns = rows @ weight.T (* scale) + bias`` in place, as the tiles compute it: the BLAS writes a block of
+    columns of a row-major matrix directly (its leading dimension is the whole row)."""
+    torch.mm(rows, weight.t(), out=columns)
+    if scale is not None:
+        columns.mul_(scale)
+    if bias is not None:
+        columns.add_(bias)
+
+
+def _part(vector: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+    return None if vector is None else vector[start:stop]
 
 
 def _plain(x, weight, bias, scale, out, compute) -> torch.Tensor:

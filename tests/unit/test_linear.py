@@ -37,6 +37,26 @@ def test_every_form_matches_f_linear(monkeypatch, rows, with_bias, dtype, into_b
     torch.testing.assert_close(out.double(), truth, rtol=tolerance, atol=tolerance * truth.abs().max().item())
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_float32_buffer_takes_bf16_products_unrounded(monkeypatch, with_bias, int8):
+    """Products of bf16 computed in float32 go straight into a float32 buffer's columns, a weight slice at a time,
+    unrounded (the ViT's q|k|v and MLP hidden states), scaled for int8 weights, every column written."""
+    monkeypatch.setattr(linear, "UPCAST_MIN_ROWS", 2)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 40, 64, generator=generator).bfloat16()
+    weight = torch.randn(37, 64, generator=generator).bfloat16()
+    scale = torch.rand(37, generator=generator) + 0.5 if int8 else None
+    if int8:
+        weight = torch.randint(-127, 128, (37, 64), generator=generator, dtype=torch.int8)
+    bias = torch.randn(37, generator=generator).bfloat16() if with_bias else None
+    buffer = torch.full((3, 40, 37), float("nan"))
+    assert linear.linear(x, weight, bias, scale, out=buffer) is buffer
+    effective = weight.double() * (1 if scale is None else scale.double()[:, None])
+    truth = F.linear(x.double(), effective, None if bias is None else bias.double())
+    torch.testing.assert_close(buffer.double(), truth, rtol=1e-5, atol=1e-5 * truth.abs().max().item())
+
+
 def test_few_bf16_rows_stay_in_bf16(monkeypatch):
     """Below UPCAST_MIN_ROWS rows a bf16 product is the plain bf16 one (reading half the bytes wins)."""
     x = torch.randn(3, 64).bfloat16()
