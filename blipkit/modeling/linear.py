@@ -254,38 +254,35 @@ def _sliced(x, weight, bias, scale, out, compute) -> torch.Tensor:
     for start in range(0, weight.shape[0], step):
         stop = min(start + step, weight.shape[0])
         weight_slice = _weight_copy(weight[start:stop], compute)
+        bias_part, scale_part = _part(bias, start, stop), _part(scale, start, stop)
         if flat_out.dtype == compute:
-            _into_columns(
-                rows, weight_slice, flat_out[:, start:stop], _part(bias, start, stop), _part(scale, start, stop)
-            )
+            _product_into(flat_out[:, start:stop], rows, weight_slice, bias_part, scale_part)
             continue
         chunk = max(1, UPCAST_BUFFER_ELEMENTS // (stop - start))
         for first in range(0, rows.shape[0], chunk):
             last = min(first + chunk, rows.shape[0])
             tile = _scratch_tensor("tile", (last - first) * (stop - start), compute).view(last - first, stop - start)
-            torch.mm(rows[first:last], weight_slice.t(), out=tile)
-            if scale is not None:
-                tile.mul_(scale[start:stop])
-            if bias is not None:
-                tile.add_(bias[start:stop])
-            flat_out[first:last, start:stop] = tile
+            flat_out[first:last, start:stop] = _product_into(
+                tile, rows[first:last], weight_slice, bias_part, scale_part
+            )
     return out
 
 
-def _into_columns(
+def _product_into(
+    target: torch.Tensor,
     rows: torch.Tensor,
     weight: torch.Tensor,
-    columns: torch.Tensor,
     bias: torch.Tensor | None,
     scale: torch.Tensor | None,
-) -> None:
-    """``columns = rows @ weight.T (* scale) + bias`` in place, as the tiles compute it: the BLAS writes a block of
-    columns of a row-major matrix directly (its leading dimension is the whole row)."""
-    torch.mm(rows, weight.t(), out=columns)
+) -> torch.Tensor:
+    """``target = rows @ weight.T (* scale) + bias``, in place; ``target`` may be a block of columns of a row-major
+    matrix (the BLAS writes it directly: its leading dimension is the whole row)."""
+    torch.mm(rows, weight.t(), out=target)
     if scale is not None:
-        columns.mul_(scale)
+        target.mul_(scale)
     if bias is not None:
-        columns.add_(bias)
+        target.add_(bias)
+    return target
 
 
 def _part(vector: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
